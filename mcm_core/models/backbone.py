@@ -1,0 +1,234 @@
+"""The shared ViT backbone every method wraps.
+
+Patch embedding, fixed 2-D sin-cos position embeddings (MAE convention, added
+*before* masking), a CLS token and timm transformer blocks (keyword arguments
+only; timm routes attention through ``F.scaled_dot_product_attention``, so the
+GPU path gets flash attention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+
+@dataclass
+class BackboneConfig:
+    """Sizes shared by every method. Method configs subclass this.
+
+    Args:
+        img_size: input height and width in pixels (square images).
+        patch_size: side of a square patch; must divide ``img_size``.
+        in_chans: image channels (3; grey data is repeated to 3 channels).
+        embed_dim, depth, num_heads, mlp_ratio: the encoder's width, layers, heads, MLP ratio.
+        decoder_embed_dim, decoder_depth, decoder_num_heads: the light decoder's sizes.
+    """
+
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 128
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 3
+    decoder_num_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}; "
+                f"pick an image size that is a multiple of the patch size (e.g. {self.img_size // self.patch_size * self.patch_size})"
+            )
+        for name in ("embed_dim", "decoder_embed_dim"):
+            dim, heads = getattr(self, name), getattr(self, name.replace("embed_dim", "num_heads"))
+            if dim % heads:
+                raise ValueError(f"{name}={dim} must be divisible by its number of heads ({heads})")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols)."""
+        side = self.img_size // self.patch_size
+        return (side, side)
+
+    @property
+    def num_patches(self) -> int:
+        """L, the number of patches per image."""
+        return self.grid[0] * self.grid[1]
+
+
+# Presets: "tiny" trains on a laptop CPU; "base" is ViT-B/16 at the papers' scale.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                 decoder_embed_dim=128, decoder_depth=3, decoder_num_heads=4),
+    "small": dict(img_size=64, patch_size=8, embed_dim=256, depth=8, num_heads=8,
+                  decoder_embed_dim=192, decoder_depth=4, decoder_num_heads=6),
+    "base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings.
+
+    Half of the channels encode the row, half the column (MAE convention).
+
+    Returns:
+        (1 + L, dim) if ``cls_token`` (the CLS row is zeros) else (L, dim).
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need dim divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
+                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:  # (L,) -> (L, dim/2)
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    emb = torch.cat([encode(cols), encode(rows)], dim=1).float()  # (L, dim)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim), emb], dim=0)
+    return emb
+
+
+def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
+    """``depth`` timm ViT blocks (pre-norm, fused attention), built with keyword arguments only."""
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.ModuleList(
+        Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm)
+        for _ in range(depth)
+    )
+
+
+def attention_probs(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Self-attention probabilities of a timm block at its input ``x`` (B, N, D) -> (B, heads, N, N).
+
+    Recomputed with explicit softmax from the block's own weights, because the fused
+    kernel never materializes the attention matrix.
+    """
+    attn = block.attn
+    b, n, d = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, d // attn.num_heads)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform linears, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding + position embedding + CLS + timm blocks + final norm.
+
+    Methods wrap this module; they differ only in what they do around it.
+    """
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size,
+                                      in_chans=cfg.in_chans, embed_dim=cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        # Fixed, so not saved in checkpoints: rebuilt from the config.
+        self.register_buffer("pos_embed", sincos_pos_embed(cfg.embed_dim, cfg.grid)[None], persistent=False)
+        self.blocks = make_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.apply(init_weights)
+        # Like MAE: the patch projection is initialised as a linear layer.
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(cfg.embed_dim, -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.cfg.grid
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with position embeddings: (B, 3, H, W) -> (B, L, D)."""
+        return self.patch_embed(images) + self.pos_embed[:, 1:]
+
+    def prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, 1 + N, D) with the CLS token (plus its zero position) in front."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run CLS + ``tokens`` (B, N, D) through every block and the final norm -> (B, 1 + N, D)."""
+        x = self.prepend_cls(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Full images, nothing hidden: (B, 3, H, W) -> (B, 1 + L, D) normalized tokens."""
+        return self.forward_tokens(self.embed(images))
+
+    @torch.no_grad()
+    def patch_affinity(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-to-patch attention summed over layers and heads (CLS dropped): (B, 3, H, W) -> (B, L, L).
+
+        The evolved hierarchical masker builds its trees from this (run on the EMA encoder).
+        """
+        x = self.prepend_cls(self.embed(images))
+        affinity = x.new_zeros(x.shape[0], x.shape[1] - 1, x.shape[1] - 1)
+        for block in self.blocks:
+            affinity += attention_probs(block, x)[:, :, 1:, 1:].sum(dim=1)
+            x = block(x)
+        return affinity
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Pick tokens by index per image: (B, L, D), (B, N) -> (B, N, D)."""
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
+    """Raise a clear error for images the model cannot take (shape, channels, size, dtype).
+
+    Value range is checked by the data and training code, not here: reading the
+    min/max would synchronize the GPU on every step.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, {cfg.in_chans}, H, W), got {tuple(images.shape)}; "
+                         "add a batch dimension with images.unsqueeze(0) for a single image")
+    if images.shape[1] != cfg.in_chans:
+        raise ValueError(f"images must have {cfg.in_chans} channels, got {images.shape[1]}; "
+                         "repeat grey images to 3 channels with images.expand(-1, 3, -1, -1)")
+    if tuple(images.shape[-2:]) != (cfg.img_size, cfg.img_size):
+        raise ValueError(f"this model takes {cfg.img_size}x{cfg.img_size} images, got "
+                         f"{images.shape[-2]}x{images.shape[-1]}; resize the data (image_size={cfg.img_size}) "
+                         "or build the model with img_size=... matching the data")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}; "
+                        "convert uint8 images with images.float() / 255")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, L) over ``mask`` (B, L) True positions; over all when none is True.
+
+    Written without a data-dependent branch so that it never synchronizes the GPU.
+    """
+    weights = mask.to(values.dtype)
+    weights = torch.where(weights.sum() > 0, weights, torch.ones_like(weights))
+    return (values * weights).sum() / weights.sum()
+
+
+__all__ = [
+    "BackboneConfig", "PRESETS", "ViTEncoder", "sincos_pos_embed", "make_blocks",
+    "attention_probs", "gather_tokens", "check_images", "masked_mean", "init_weights"
+]

@@ -1,0 +1,223 @@
+"""MAE: the masked-autoencoder baseline (He et al. 2022).
+
+The stages keep the names of the MAE reference code: ``patchify``,
+``unpatchify``, ``forward_encoder``, ``forward_decoder``, ``forward_loss``.
+The mask is boolean ``(B, L)`` with ``True`` = hidden from the encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from mcm_core.masking import ids_from_mask, num_hidden, random_mask
+from mcm_core.models.backbone import (
+    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks,
+    masked_mean, sincos_pos_embed,
+)
+
+
+@dataclass
+class MAEConfig(BackboneConfig):
+    """MAE settings on top of the backbone sizes.
+
+    Args:
+        mask_ratio: fraction of patches hidden during training (paper default 0.75).
+        norm_pix_loss: regress per-patch normalized pixels instead of raw pixels.
+    """
+
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+
+
+@dataclass
+class EncoderOutput:
+    """What ``forward_encoder`` hands to ``forward_decoder``.
+
+    Attributes:
+        tokens: (B, 1 + N_vis, D) encoded CLS + visible patch tokens.
+        mask: bool (B, L), True = hidden.
+        ids_keep: (B, N_vis) indices of the visible patches, ascending.
+        ids_restore: (B, L) permutation that puts [visible, hidden] back in image order.
+        concepts: MCM only: one (B, K, D) concept-token snapshot per encoder layer.
+        attention: MCM only, on request: per layer, concept -> visible patch attention (B, heads, K, N_vis).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+    concepts: list[torch.Tensor] | None = None
+    attention: list[torch.Tensor] | None = None
+
+
+@dataclass
+class ModelOutput:
+    """What ``model(images, ...)`` returns.
+
+    Attributes:
+        loss: scalar total loss.
+        losses: named terms of the loss (e.g. ``{"recon": ..., "concept": ...}``).
+        pred: (B, L, p*p*3) per-patch predictions.
+        mask: bool (B, L), True = hidden.
+        concept_logits: MCM only: (B, K).
+    """
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    pred: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    concept_logits: torch.Tensor | None = None
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE: encoder on visible patches, light decoder with mask tokens, MSE on hidden patches."""
+
+    config_class = MAEConfig
+
+    def __init__(self, cfg: MAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViTEncoder(cfg)
+        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(cfg.decoder_embed_dim, cfg.grid)[None],
+                             persistent=False)
+        self.decoder_blocks = self.build_decoder_blocks(cfg)
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * cfg.in_chans)
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def build_decoder_blocks(self, cfg: MAEConfig) -> nn.ModuleList:
+        """Plain self-attention decoder blocks (MCM overrides this)."""
+        return make_blocks(cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads, cfg.mlp_ratio)
+
+    # ------------------------------------------------------------------ patches
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, p*p*C), patches in row-major order, pixels (row, col, channel)."""
+        p, (gh, gw) = self.cfg.patch_size, self.cfg.grid
+        b, c = images.shape[:2]
+        x = images.reshape(b, c, gh, p, gw, p)
+        return torch.einsum("bchpwq->bhwpqc", x).reshape(b, gh * gw, p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*C) -> (B, C, H, W); the inverse of ``patchify``."""
+        p, (gh, gw), c = self.cfg.patch_size, self.cfg.grid, self.cfg.in_chans
+        x = patches.reshape(patches.shape[0], gh, gw, p, p, c)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(patches.shape[0], c, gh * p, gw * p)
+
+    # ------------------------------------------------------------------ masking
+    def make_mask(self, images: torch.Tensor, mask_ratio: float | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """MAE's random mask for this batch: bool (B, L), exactly ``round(L * ratio)`` hidden per image."""
+        ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+        return random_mask(images.shape[0], self.cfg.num_patches, ratio, generator=generator,
+                           device=images.device)
+
+    def resolve_mask(self, images: torch.Tensor, mask_ratio: float | None,
+                     generator: torch.Generator | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """The given mask (validated) or a fresh random one: bool (B, L)."""
+        if mask is None:
+            return self.make_mask(images, mask_ratio, generator)
+        expected = (images.shape[0], self.cfg.num_patches)
+        if mask.dtype != torch.bool or tuple(mask.shape) != expected:
+            raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got "
+                             f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
+        return mask.to(images.device)
+
+    # ------------------------------------------------------------------ stages
+    def forward_encoder(self, images: torch.Tensor, mask_ratio: float | None = None,
+                        generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                        return_attention: bool = False) -> EncoderOutput:
+        """Encode the visible patches of ``images`` (B, 3, H, W).
+
+        Args:
+            mask_ratio: fraction hidden (default: the config's); ignored when ``mask`` is given.
+            generator: random source of the mask.
+            mask: an external bool (B, L) mask from any strategy in ``mcm_core.masking``.
+        """
+        check_images(images, self.cfg)
+        mask = self.resolve_mask(images, mask_ratio, generator, mask)
+        ids_keep, ids_restore = ids_from_mask(mask)
+        visible = gather_tokens(self.encoder.embed(images), ids_keep)  # (B, N_vis, D)
+        return self.encode_visible(visible, mask, ids_keep, ids_restore, return_attention)
+
+    def encode_visible(self, visible: torch.Tensor, mask: torch.Tensor, ids_keep: torch.Tensor,
+                       ids_restore: torch.Tensor, return_attention: bool = False) -> EncoderOutput:
+        """Run the encoder blocks on visible tokens (B, N_vis, D) (MCM overrides this)."""
+        return EncoderOutput(self.encoder.forward_tokens(visible), mask, ids_keep, ids_restore)
+
+    def decoder_input(self, encoded: EncoderOutput) -> torch.Tensor:
+        """Decoder tokens in image order: (B, 1 + L, D_dec), mask tokens at hidden positions."""
+        x = self.decoder_embed(encoded.tokens)  # (B, 1 + N_vis, D_dec)
+        b, n_vis = x.shape[0], x.shape[1] - 1
+        n_hidden = encoded.ids_restore.shape[1] - n_vis
+        patches = torch.cat([x[:, 1:], self.mask_token.expand(b, n_hidden, -1)], dim=1)
+        patches = gather_tokens(patches, encoded.ids_restore)  # un-shuffle: [visible, hidden] -> image order
+        return torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+
+    def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
+        """Predict every patch: -> (B, L, p*p*3)."""
+        x = self.decoder_input(encoded)
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def loss_target(self, images: torch.Tensor) -> torch.Tensor:
+        """Regression target (B, L, p*p*3): pixels, or per-patch normalized pixels with ``norm_pix_loss``."""
+        target = self.patchify(images)
+        if self.cfg.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        return target
+
+    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on hidden patches only; on all patches when nothing is hidden (mask ratio 0).
+
+        Args:
+            images: (B, 3, H, W); pred: (B, L, p*p*3); mask: bool (B, L).
+        """
+        per_patch = ((pred - self.loss_target(images)) ** 2).mean(dim=-1)  # (B, L)
+        return masked_mean(per_patch, mask)
+
+    def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
+                concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> ModelOutput:
+        """Encode, decode, score. ``concepts`` is accepted for a uniform interface and unused by MAE."""
+        encoded = self.forward_encoder(images, mask_ratio, generator, mask)
+        pred = self.forward_decoder(encoded)
+        loss = self.forward_loss(images, pred, encoded.mask)
+        return ModelOutput(loss=loss, losses={"recon": loss.detach()}, pred=pred, mask=encoded.mask)
+
+    # ------------------------------------------------------------------ helpers for analysis
+    def composite(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Visible patches from the input, hidden patches from ``pred``: -> (B, 3, H, W) in [0, 1].
+
+        Needs ``norm_pix_loss=False`` (normalized predictions have no pixel scale).
+        """
+        if self.cfg.norm_pix_loss:
+            raise ValueError("reconstructed images need a model trained with norm_pix_loss=False; "
+                             "this one predicts per-patch normalized pixels")
+        patches = torch.where(mask.unsqueeze(-1), pred, self.patchify(images))
+        return self.unpatchify(patches).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, mask_ratio: float | None = None,
+                    generator: torch.Generator | None = None,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill the hidden patches: -> (images (B, 3, H, W), mask (B, L))."""
+        encoded = self.forward_encoder(images, mask_ratio, generator, mask)
+        return self.composite(images, self.forward_decoder(encoded), encoded.mask), encoded.mask
+
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen-feature read-out on full images: (B, 3, H, W) -> (B, D) (``cls`` or ``mean`` of patches)."""
+        check_images(images, self.cfg)
+        tokens = self.encoder.forward_features(images)
+        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def visible_count(self, mask_ratio: float) -> int:
+        """Number of patches the encoder sees at ``mask_ratio``."""
+        return self.cfg.num_patches - num_hidden(self.cfg.num_patches, mask_ratio)

@@ -1,0 +1,365 @@
+"""MCM: Multi-layer Concept Map (paper 000), as specified in METHODS.md section 2.
+
+An MAE whose encoder also carries K learnable concept tokens. After every encoder
+layer a cross-attention block updates the concept tokens from that layer's patch
+tokens (concepts never attend to each other, which keeps them disentangled), and
+a snapshot of the tokens is kept. The decoder is half as deep as the encoder;
+each decoder layer cross-attends to the snapshots of two encoder layers (the
+"multi-layer concept map"), so the reconstruction loss sends gradients into the
+concept tokens. A concept loss on learned state embeddings names the concepts;
+editing writes a state embedding into a token before decoding.
+
+Every choice the paper leaves open is a config switch, marked "(our choice)".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+from timm.layers.attention import Attention
+
+from mcm_core.models.backbone import init_weights
+from mcm_core.models.mae import EncoderOutput, MAEConfig, MaskedAutoencoder, ModelOutput
+
+PAIRINGS = ("mirror", "sequential")
+MERGES = ("concat", "mean")
+CONCEPT_HEADS = ("states", "linear")
+
+
+@dataclass
+class MCMConfig(MAEConfig):
+    """MCM settings on top of MAE's.
+
+    Args:
+        mask_ratio: training mask ratio (the paper's main setting is 0.25).
+        num_concepts: K, the number of binary concepts (and concept tokens).
+        concept_names: optional names of the K concepts (for plots).
+        concept_freq: optional prior frequency of each concept; the concept loss weights
+            positives by 0.5 / f and negatives by 0.5 / (1 - f), so rare concepts count.
+        pairing: (our choice) which two encoder layers feed each decoder layer:
+            ``mirror`` (decoder layer j reads encoder layers depth-2j-2 and depth-2j-1: deep
+            concepts first, fine ones last) or ``sequential`` (layers 2j and 2j+1).
+        merge: (our choice) ``concat`` the two snapshots as 2K keys/values, or take their ``mean``.
+        concept_head: (our choice) ``states``: logits from cos(z_k, e_k+) - cos(z_k, e_k-) with
+            learned state embeddings (stand-in for the paper's CLIP text targets); ``linear``:
+            a per-concept linear read-out (plain BCE head).
+        concept_weight: weight of the concept loss on the final snapshot.
+        aux_concept_weight: (our choice) weight of the same loss averaged over the earlier
+            snapshots, so every snapshot has meaningful state embeddings to edit with (0 = off).
+        disentangle_weight: weight of the optional disentanglement loss (0 = off): flip one
+            concept per image to its opposite state, decode, re-encode, and ask the re-encoded
+            prediction to follow the flip.
+    """
+
+    mask_ratio: float = 0.25
+    num_concepts: int = 13
+    concept_names: list[str] | None = None
+    concept_freq: list[float] | None = None
+    pairing: str = "mirror"
+    merge: str = "concat"
+    concept_head: str = "states"
+    concept_weight: float = 1.0
+    aux_concept_weight: float = 0.5
+    disentangle_weight: float = 0.0
+
+    # The decoder depth is derived (half the encoder); presets do not set it.
+    derived_fields = ("decoder_depth",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.depth % 2:
+            raise ValueError(f"MCM pairs two encoder layers per decoder layer, so depth must be even, got {self.depth}")
+        if self.decoder_depth != self.depth // 2:
+            raise ValueError(f"MCM's decoder is half as deep as the encoder: decoder_depth must be "
+                             f"{self.depth // 2} for depth={self.depth}, got {self.decoder_depth}")
+        for name, value, choices in (("pairing", self.pairing, PAIRINGS), ("merge", self.merge, MERGES),
+                                     ("concept_head", self.concept_head, CONCEPT_HEADS)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+        if self.concept_names is not None and len(self.concept_names) != self.num_concepts:
+            raise ValueError(f"concept_names has {len(self.concept_names)} names but num_concepts={self.num_concepts}")
+        if self.concept_freq is not None and len(self.concept_freq) != self.num_concepts:
+            raise ValueError(f"concept_freq has {len(self.concept_freq)} values but num_concepts={self.num_concepts}")
+        if self.disentangle_weight > 0 and self.norm_pix_loss:
+            raise ValueError("disentangle_weight > 0 decodes images, which needs norm_pix_loss=False")
+
+
+def concept_map(depth: int, pairing: str) -> list[tuple[int, int]]:
+    """The multi-layer concept map: for each decoder layer, the two encoder layers it reads."""
+    if pairing == "mirror":
+        return [(depth - 2 * j - 2, depth - 2 * j - 1) for j in range(depth // 2)]
+    return [(2 * j, 2 * j + 1) for j in range(depth // 2)]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries ``x`` (B, Nq, D) over a separate set ``context`` (B, Nk, Dc).
+
+    Fused (``F.scaled_dot_product_attention``) unless the probabilities are asked for.
+    """
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (B, Nq, D) and, on request, the probabilities (B, heads, Nq, Nk)."""
+        b, nq, d = x.shape
+        q = self.q(x).reshape(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        probs = None
+        if return_attention:
+            probs = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, nq, d)), probs
+
+
+class ConceptBlock(nn.Module):
+    """One encoder layer's concept update: concepts attend to patch tokens (never to each other), then an MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
+
+    def forward(self, concepts: torch.Tensor, patches: torch.Tensor,
+                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """concepts (B, K, D), patches (B, N, D) -> concepts (B, K, D), attention (B, heads, K, N) | None."""
+        update, probs = self.attn(self.norm_q(concepts), self.norm_kv(patches), return_attention)
+        concepts = concepts + update
+        return concepts + self.mlp(self.norm2(concepts)), probs
+
+
+class ConceptDecoderBlock(nn.Module):
+    """Decoder layer of the concept map: patch self-attention, patch -> concept cross-attention, MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=True)
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+        self.cross = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, concepts: torch.Tensor,
+                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, D_dec), concepts (B, K', D_dec) -> x (B, N, D_dec), attention (B, heads, N, K') | None."""
+        x = x + self.attn(self.norm1(x))
+        update, probs = self.cross(self.norm_cross(x), concepts, return_attention)
+        x = x + update
+        return x + self.mlp(self.norm2(x)), probs
+
+
+class MultiLayerConceptMap(MaskedAutoencoder):
+    """MCM: MAE + concept tokens updated at every encoder layer + a concept-map decoder."""
+
+    config_class = MCMConfig
+
+    def __init__(self, cfg: MCMConfig) -> None:
+        super().__init__(cfg)
+        d, k = cfg.embed_dim, cfg.num_concepts
+        self.concept_tokens = nn.Parameter(torch.randn(k, d) * 0.02)  # (K, D), shared across images
+        self.concept_blocks = nn.ModuleList(ConceptBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.concept_norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-6) for _ in range(cfg.depth))
+        self.concept_to_decoder = nn.Linear(d, cfg.decoder_embed_dim)
+        states = 2 if cfg.concept_head == "states" else 1
+        self.state_embed = nn.Parameter(torch.randn(cfg.depth, k, states, d) * 0.02)  # (depth, K, S, D)
+        freq = torch.tensor(cfg.concept_freq if cfg.concept_freq is not None else [0.5] * k).clamp(0.01, 0.99)
+        self.concept_bias = nn.Parameter(torch.logit(freq).repeat(cfg.depth, 1))  # (depth, K), starts at the prior
+        # Cosine scores live in [-2, 2]; a learned scale turns them into confident logits.
+        self.concept_log_scale = nn.Parameter(torch.tensor(2.0 if cfg.concept_head == "states" else 0.0))
+        self.register_buffer("pos_weight", 0.5 / freq, persistent=False)
+        self.register_buffer("neg_weight", 0.5 / (1 - freq), persistent=False)
+        for module in (self.concept_blocks, self.concept_norms, self.concept_to_decoder):
+            module.apply(init_weights)
+
+    def build_decoder_blocks(self, cfg: MCMConfig) -> nn.ModuleList:
+        return nn.ModuleList(ConceptDecoderBlock(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio)
+                             for _ in range(cfg.decoder_depth))
+
+    @property
+    def concept_map(self) -> list[tuple[int, int]]:
+        """For each decoder layer j, the pair of encoder layers whose snapshots it reads."""
+        return concept_map(self.cfg.depth, self.cfg.pairing)
+
+    # ------------------------------------------------------------------ encoder
+    def encode_visible(self, visible: torch.Tensor, mask: torch.Tensor, ids_keep: torch.Tensor,
+                       ids_restore: torch.Tensor, return_attention: bool = False) -> EncoderOutput:
+        """Encoder blocks interleaved with concept blocks; keeps one normalized snapshot per layer."""
+        x = self.encoder.prepend_cls(visible)
+        concepts = self.concept_tokens.expand(x.shape[0], -1, -1)
+        snapshots, attention = [], []
+        for block, concept_block, norm in zip(self.encoder.blocks, self.concept_blocks, self.concept_norms):
+            x = block(x)
+            concepts, probs = concept_block(concepts, x[:, 1:], return_attention)  # patches only, not CLS
+            snapshots.append(norm(concepts))
+            attention.append(probs)
+        return EncoderOutput(self.encoder.norm(x), mask, ids_keep, ids_restore, concepts=snapshots,
+                             attention=attention if return_attention else None)
+
+    # ------------------------------------------------------------------ decoder
+    def decoder_context(self, snapshots: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Keys/values per decoder layer: two snapshots, projected and merged -> (B, 2K or K, D_dec)."""
+        context = []
+        for a, b in self.concept_map:
+            pair = (self.concept_to_decoder(snapshots[a]), self.concept_to_decoder(snapshots[b]))
+            context.append(torch.cat(pair, dim=1) if self.cfg.merge == "concat" else (pair[0] + pair[1]) / 2)
+        return context
+
+    def decode(self, encoded: EncoderOutput,
+               return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """-> predictions (B, L, p*p*3) and, on request, per decoder layer patch -> concept attention
+        (B, heads, L, 2K) (or K with ``merge="mean"``)."""
+        x = self.decoder_input(encoded)
+        attention = []
+        for block, context in zip(self.decoder_blocks, self.decoder_context(encoded.concepts)):
+            x, probs = block(x, context, return_attention)
+            attention.append(probs[:, :, 1:] if return_attention else None)
+        pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return pred, (attention if return_attention else None)
+
+    def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
+        """Predict every patch from visible tokens and the concept map: -> (B, L, p*p*3)."""
+        return self.decode(encoded)[0]
+
+    # ------------------------------------------------------------------ concepts
+    def state_vectors(self) -> torch.Tensor:
+        """Per layer and concept, the vectors of state 0 and state 1: (depth, K, 2, D)."""
+        if self.cfg.concept_head == "states":
+            return self.state_embed
+        w = self.state_embed[:, :, 0]
+        return torch.stack([-w, w], dim=2)
+
+    def layer_logits(self, snapshots: list[torch.Tensor]) -> torch.Tensor:
+        """Concept logits of every snapshot: -> (depth, B, K)."""
+        z = torch.stack(snapshots)  # (depth, B, K, D)
+        if self.cfg.concept_head == "states":
+            e = F.normalize(self.state_embed, dim=-1)  # (depth, K, 2, D)
+            cos = torch.einsum("lbkd,lksd->lbks", F.normalize(z, dim=-1), e)
+            score = cos[..., 1] - cos[..., 0]
+        else:
+            score = torch.einsum("lbkd,lkd->lbk", z, self.state_embed[:, :, 0])
+        return self.concept_log_scale.exp() * score + self.concept_bias[:, None]
+
+    def concept_loss(self, layer_logits: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
+        """Frequency-weighted logistic loss; final snapshot + ``aux_concept_weight`` x mean of the others.
+
+        Args:
+            layer_logits: (depth, B, K); concepts: float (B, K) in {0, 1}.
+        """
+        weights = concepts * self.pos_weight + (1 - concepts) * self.neg_weight  # (B, K)
+        per_layer = torch.stack([
+            (F.binary_cross_entropy_with_logits(logits, concepts, reduction="none") * weights).mean()
+            for logits in layer_logits
+        ])
+        loss = per_layer[-1]
+        if self.cfg.aux_concept_weight > 0 and len(per_layer) > 1:
+            loss = loss + self.cfg.aux_concept_weight * per_layer[:-1].mean()
+        return loss
+
+    def check_concepts(self, concepts: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Validate a (B, K) concept target and return it as float."""
+        expected = (batch_size, self.cfg.num_concepts)
+        if tuple(concepts.shape) != expected:
+            raise ValueError(f"concepts must have shape {expected} (one 0/1 value per concept), got "
+                             f"{tuple(concepts.shape)}; this model was built with num_concepts={self.cfg.num_concepts}")
+        return concepts.float()
+
+    def edit_states(self, edits: dict[int, int] | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Normalize edits to a long (B, K) tensor: -1 = leave the concept alone, 0/1 = write that state."""
+        if isinstance(edits, torch.Tensor):
+            if tuple(edits.shape) != (batch_size, self.cfg.num_concepts):
+                raise ValueError(f"edit tensor must have shape {(batch_size, self.cfg.num_concepts)}, got {tuple(edits.shape)}")
+            return edits.to(device=device, dtype=torch.long)
+        states = torch.full((batch_size, self.cfg.num_concepts), -1, dtype=torch.long, device=device)
+        for index, value in edits.items():
+            if not 0 <= int(index) < self.cfg.num_concepts:
+                raise ValueError(f"concept index {index} out of range; this model has {self.cfg.num_concepts} concepts")
+            if value not in (0, 1, True, False):
+                raise ValueError(f"concept {index}: a state must be 0 or 1, got {value!r}")
+            states[:, int(index)] = int(value)
+        return states
+
+    def apply_edits(self, snapshots: list[torch.Tensor], states: torch.Tensor) -> list[torch.Tensor]:
+        """Write state vectors into the edited tokens of every snapshot, keeping each token's norm.
+
+        Args:
+            snapshots: per layer (B, K, D); states: long (B, K) with -1 = unchanged.
+        """
+        vectors = self.state_vectors()  # (depth, K, 2, D)
+        keep = states < 0
+        index = states.clamp(min=0)[..., None, None].expand(-1, -1, 1, vectors.shape[-1])  # (B, K, 1, D)
+        edited = []
+        for layer, z in enumerate(snapshots):
+            target = torch.gather(vectors[layer].expand(z.shape[0], -1, -1, -1), 2, index)[:, :, 0]  # (B, K, D)
+            target = F.normalize(target, dim=-1) * z.norm(dim=-1, keepdim=True)
+            edited.append(torch.where(keep[..., None], z, target))
+        return edited
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, edits: dict[int, int] | torch.Tensor, mask_ratio: float | None = None,
+             generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct ``images`` (B, 3, H, W) with some concepts forced to a state.
+
+        Args:
+            edits: ``{concept_index: 0 or 1}`` for every image, or a long (B, K) tensor (-1 = unchanged).
+            mask_ratio: test-time mask ratio: low keeps the input, high lets the concepts dominate.
+        Returns:
+            (B, 3, H, W): visible patches from the input, hidden patches generated.
+        """
+        encoded = self.forward_encoder(images, mask_ratio, generator, mask)
+        encoded.concepts = self.apply_edits(encoded.concepts, self.edit_states(edits, images.shape[0], images.device))
+        return self.composite(images, self.forward_decoder(encoded), encoded.mask)
+
+    def predict_concepts(self, images: torch.Tensor, mask_ratio: float = 0.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """Concept logits (B, K) from the final snapshot (full images by default)."""
+        return self.layer_logits(self.forward_encoder(images, mask_ratio, generator).concepts[-1:])[0]
+
+    def disentangle_loss(self, images: torch.Tensor, encoded: EncoderOutput, concepts: torch.Tensor,
+                         generator: torch.Generator | None) -> torch.Tensor:
+        """Flip one random concept per image, decode, re-encode the full image, ask the flip to hold."""
+        b, k = concepts.shape
+        pick = torch.randint(k, (b,), generator=generator, device=generator.device if generator else "cpu")
+        pick = pick.to(images.device)
+        target = 1 - concepts.gather(1, pick[:, None])  # (B, 1)
+        states = torch.full((b, k), -1, dtype=torch.long, device=images.device)
+        states.scatter_(1, pick[:, None], target.long())
+        flipped = self.apply_edits(encoded.concepts, states)
+        pred = self.forward_decoder(EncoderOutput(encoded.tokens, encoded.mask, encoded.ids_keep,
+                                                  encoded.ids_restore, concepts=flipped))
+        edited = self.unpatchify(torch.where(encoded.mask[..., None], pred, self.patchify(images)))
+        logits = self.predict_concepts(edited, 0.0).gather(1, pick[:, None])
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
+                concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> ModelOutput:
+        """Reconstruction loss, plus the concept (and disentanglement) losses when ``concepts`` (B, K) is given."""
+        encoded = self.forward_encoder(images, mask_ratio, generator, mask)
+        pred = self.forward_decoder(encoded)
+        recon = self.forward_loss(images, pred, encoded.mask)
+        layer_logits = self.layer_logits(encoded.concepts)
+        loss, losses = recon, {"recon": recon.detach()}
+        if concepts is not None:
+            concepts = self.check_concepts(concepts, images.shape[0])
+            concept = self.concept_loss(layer_logits, concepts)
+            loss = loss + self.cfg.concept_weight * concept
+            losses["concept"] = concept.detach()
+            if self.cfg.disentangle_weight > 0:
+                dis = self.disentangle_loss(images, encoded, concepts, generator)
+                loss = loss + self.cfg.disentangle_weight * dis
+                losses["disentangle"] = dis.detach()
+        return ModelOutput(loss=loss, losses=losses, pred=pred, mask=encoded.mask, concept_logits=layer_logits[-1])
