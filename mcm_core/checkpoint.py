@@ -1,0 +1,180 @@
+"""Checkpoints: safetensors (no pickle, so loading never runs code) plus a JSON sidecar.
+
+One ``.safetensors`` file is self-contained: the model weights under ``model.*``,
+optional training state (optimizer moments, EMA encoder) under other prefixes,
+and JSON metadata naming the method, its config, the training state and the
+package versions. The ``.json`` sidecar repeats the metadata for people.
+
+Writes are atomic: data goes to a temporary file in the same folder, is flushed
+to disk, then renamed over the old file. A crash or a full disk never leaves a
+half-written checkpoint, and the previous one stays intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mcm_core.models.registry import build_from_dict, config_to_dict
+
+FORMAT = "mcm_core.checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says why and what to do."""
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything in a checkpoint besides the model weights."""
+
+    method: str
+    config: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded next to every checkpoint and result."""
+    import timm
+    import mcm_core
+    return {"mcm_core": mcm_core.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the finished file onto ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CheckpointError(f"could not write {path}: {error.strerror or error}; "
+                                  "free disk space or choose another folder (any previous file there is intact)") from error
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (see ``atomic_write_bytes``)."""
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, extra: dict[str, torch.Tensor] | None = None,
+                    train: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (and optional training state) to ``path`` (``.safetensors``) and ``path.json``.
+
+    Args:
+        extra: more tensors, under their own prefixes (e.g. ``optim.*``, ``ema.*``).
+        train: JSON-serializable training state (step, history, trainer config).
+    Returns:
+        The checkpoint path.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
+    meta = {"format": FORMAT, **config_to_dict(model), "train": train or {}, "versions": package_versions()}
+    metadata = {key: json.dumps(value) for key, value in meta.items()}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint file, with clear errors for files that are not checkpoints."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train one first (python -m mcm_core train) "
+                                "or check the path")
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size <= 0 or size > min(path.stat().st_size - 8, 100_000_000):
+                raise ValueError("bad header size")
+            header = json.loads(handle.read(size))
+        raw = header.get("__metadata__", {})
+        meta = {key: json.loads(value) for key, value in raw.items()}
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({error}); it may be truncated or "
+                              "another kind of file: re-save it with mcm_core.save_checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an mcm_core checkpoint "
+                              f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    with_training_state: bool = False) -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild the model saved at ``path``.
+
+    Returns:
+        ``(model, info)``: the model in eval mode on ``device``, and a ``CheckpointInfo`` with the
+        method, its config, the training state and versions (``info.tensors`` holds the extra
+        tensors when ``with_training_state``).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"{path} is damaged ({error}); it may be truncated or corrupted: "
+                              "use an earlier checkpoint or train again") from None
+    model = build_from_dict({"method": meta["method"], "config": meta["config"]}).to(device)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_state_strict(model, state, path)
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")} if with_training_state else {}
+    info = CheckpointInfo(meta["method"], meta["config"], meta.get("train", {}), meta.get("versions", {}), extra)
+    return model.eval(), info
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Any = "state") -> None:
+    """Load weights, listing every missing, unexpected or mis-shaped key in one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{source} does not match this model's configuration: missing {missing}, "
+                              f"unexpected {unexpected}, shape mismatches {shapes}; build the model with the "
+                              "checkpoint's own config (load_checkpoint does this)")
+    model.load_state_dict(state)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an optimizer's state to tensors (``optim.<param>.<name>``) plus JSON-able groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      groups: dict[str, Any]) -> None:
+    """Inverse of ``optimizer_tensors``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups["param_groups"]})

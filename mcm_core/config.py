@@ -1,0 +1,169 @@
+"""Training configuration: one dataclass, loadable from YAML, with typed overrides.
+
+Every field carries its help text, so the CLI's ``--help`` documents every option
+and notebooks can show the same descriptions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a help text (and a factory for mutable defaults)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Field help texts double as CLI documentation."""
+
+    method: str = opt("mcm", "model name: mae, mcm (see mcm_core.models.model_names())")
+    preset: str = opt("tiny", "backbone preset: tiny (CPU, 32 px), small, base (ViT-B/16, 224 px)")
+    model: dict = opt({}, "overrides of the model config, e.g. {norm_pix_loss: true, pairing: sequential}")
+    dataset: str = opt("shapes", "data set name: shapes, fashion_mnist, digits, celeba, folder")
+    data: dict = opt({}, "options for load_dataset, e.g. {root: /path, image_size: 32}")
+    masking: str = opt("random", "masking strategy: random, block, hierarchical (evolved, from the EMA encoder)")
+    mask_ratio: float = opt(0.25, "fraction of patches hidden during training, in [0, 1)")
+    steps: int = opt(1000, "optimizer steps")
+    batch_size: int = opt(128, "images per step (global batch across processes)")
+    lr: float = opt(1e-3, "peak learning rate (MAE uses 1.5e-4 x batch/256 for long runs; short CPU runs need more)")
+    weight_decay: float = opt(0.05, "AdamW weight decay (not applied to biases, norms, tokens and embeddings)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    warmup_steps: int = opt(50, "linear warm-up steps before the cosine decay")
+    min_lr: float = opt(1e-5, "learning rate at the end of the cosine schedule")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this value (0 = off)")
+    ema_momentum: float = opt(0.99, "momentum of the EMA encoder that drives hierarchical masking")
+    hierarchy_min_nodes: int = opt(4, "hierarchical masking: number of tree nodes at the end of training")
+    seed: int = opt(0, "seed of weights, data order and masks")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = opt("auto", "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32")
+    compile: bool = opt(False, "torch.compile the model (GPU only; ignored on CPU)")
+    deterministic: bool = opt(False, "use deterministic algorithms (bit-identical reruns, slower on GPU)")
+    num_workers: int = opt(0, "DataLoader worker processes")
+    log_every: int = opt(10, "record metrics every N steps (one host synchronization each time)")
+    checkpoint_every: int = opt(0, "save a checkpoint every N steps (0 = only at the end)")
+    eval_every: int = opt(0, "evaluate on the validation split every N steps (0 = only at the end)")
+    eval_size: int = opt(1000, "images used by the periodic evaluation")
+    out_dir: str = opt("runs/default", "folder for checkpoint, metrics history and config")
+    progress: bool = opt(True, "show a progress bar (a widget in notebooks, text in a terminal)")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}; e.g. 0.25 for MCM, 0.75 for MAE")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.masking not in ("random", "block", "hierarchical"):
+            raise ValueError(f"unknown masking {self.masking!r}; choose random, block or hierarchical")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def field_types() -> dict[str, Any]:
+    """Resolved type of every TrainConfig field."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Raise a clear TypeError for a field whose value has the wrong type."""
+    for name, tp in field_types().items():
+        value = getattr(cfg, name)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if tp is float else (
+            isinstance(value, tp) and not (tp is int and isinstance(value, bool)))
+        if not ok:
+            raise TypeError(f"config field {name!r} must be {type_name(tp)}, got {value!r} "
+                            f"({type(value).__name__}); e.g. {name}={TrainConfig.__dataclass_fields__[name].default!r}")
+        if tp is float:
+            setattr(cfg, name, float(value))
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse a command-line override ``name=text`` to the field's type, with a clear error."""
+    tp = field_types()[name]
+    try:
+        if tp is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if tp is dict:
+            value = yaml.safe_load(text)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+        return tp(text) if tp is not float else float(text)
+    except ValueError:
+        raise TypeError(f"option {name!r} expects {type_name(tp)}, got {text!r}") from None
+
+
+def merge(cfg_dict: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply overrides; ``model.x`` / ``data.x`` keys set one entry of those dicts."""
+    merged = json.loads(json.dumps(cfg_dict))  # deep copy
+    valid = set(field_types())
+    for key, value in overrides.items():
+        head, _, sub = key.partition(".")
+        if head not in valid:
+            raise KeyError(f"unknown config key {head!r}; valid keys are {sorted(valid)}")
+        if sub:
+            if head not in ("model", "data"):
+                raise KeyError(f"{head!r} has no sub-keys; only model.<name> and data.<name> do")
+            merged.setdefault(head, {})[sub] = value
+        else:
+            merged[head] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from an optional YAML file plus overrides (values already typed or strings)."""
+    base: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file or leave it out")
+        base = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(base, dict):
+            raise TypeError(f"{path} must hold a YAML mapping of config keys, got {type(base).__name__}")
+        unknown = sorted(set(base) - set(field_types()))
+        if unknown:
+            raise KeyError(f"{path}: unknown config key(s) {unknown}; valid keys are {sorted(field_types())}")
+    typed = {}
+    for key, value in (overrides or {}).items():
+        head, _, sub = key.partition(".")
+        if isinstance(value, str) and not sub and head in field_types():
+            value = parse_value(head, value)
+        elif isinstance(value, str) and sub:
+            value = yaml.safe_load(value)
+        typed[key] = value
+    return TrainConfig(**merge(base, typed))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``["steps=100", "model.depth=4"]`` -> ``{"steps": "100", "model.depth": "4"}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"override {pair!r} must look like key=value, e.g. steps=200")
+        out[key.strip()] = value.strip()
+    return out
+

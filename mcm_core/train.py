@@ -1,0 +1,384 @@
+"""The one training loop, for every method.
+
+``fit(cfg)`` builds the data, the model and the masking strategy from a
+``TrainConfig``, trains with AdamW (warm-up + cosine), and writes a checkpoint,
+the metrics history and the config into ``cfg.out_dir``.
+
+Reproducibility and exact resume come from making every random choice a pure
+function of ``(seed, step)``: the data order of each epoch and the mask of each
+step are drawn from generators seeded by them, so a resumed run sees exactly the
+batches and masks an uninterrupted run would have seen.
+
+The step never synchronizes with the GPU: losses stay on the device and are read
+back once every ``log_every`` steps, when the loss is also checked for NaN/inf.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mcm_core.checkpoint import (
+    atomic_write_text, load_checkpoint, load_state_strict, optimizer_tensors, package_versions,
+    restore_optimizer, save_checkpoint,
+)
+from mcm_core.config import TrainConfig
+from mcm_core.data import load_dataset
+from mcm_core.masking import make_masker
+from mcm_core.models import build_model
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+HISTORY_NAME = "history.jsonl"
+
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the checkpoint kept."""
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns: the trained model, its per-step history and where things were written."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    checkpoint: Path | None
+    config: TrainConfig
+    wall_seconds: float
+    images_seen: int
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of one logged quantity, for plotting."""
+        rows = [r for r in self.history if key in r]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+# ---------------------------------------------------------------------- devices and seeds
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; a clear error for a CUDA request without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available; use device=cpu or auto")
+    return device
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A distinct 63-bit seed per (run seed, step, stream) (stream 0: data order, 1: masks)."""
+    return (seed * 1_000_003 + step * 7_919 + stream * 104_729 + 12_345) % (2 ** 63 - 1)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches of indices for steps ``start .. steps - 1``; epoch ``e`` uses permutation ``seed(e)``.
+
+    The batch of a step depends only on (seed, step), which makes resume exact.
+    ``rank``/``world_size`` shard each global batch between processes.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if batch_size > size:
+            raise ValueError(f"batch_size={batch_size} is larger than the data set ({size} images); "
+                             "lower batch_size or use a larger split")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start, self.steps, self.rank, self.world_size = start, steps, rank, world_size
+        self.per_epoch = size // batch_size
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, order = -1, None
+        for step in range(self.start, self.steps):
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
+            first = (step % self.per_epoch) * self.batch_size
+            batch = order[first:first + self.batch_size]
+            yield batch[self.rank::self.world_size].tolist()
+
+
+# ---------------------------------------------------------------------- data and model
+class OneHotTargets(Dataset):
+    """Wrap a class-labelled data set so targets are one-hot concept vectors (B, K) (MCM on class data)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.concept_names = dataset, list(dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.dataset[index]
+        return image, nn.functional.one_hot(torch.as_tensor(label), len(self.concept_names)).float()
+
+
+def training_data(cfg: TrainConfig, split: str = "train") -> Dataset:
+    """The data set of ``cfg``; class labels become one-hot concepts for concept models."""
+    dataset = load_dataset(cfg.dataset, split=split, **cfg.data)
+    if cfg.method == "mcm" and not hasattr(dataset, "concept_names"):
+        if not hasattr(dataset, "classes"):
+            raise ValueError(f"MCM needs concept labels, and data set {cfg.dataset!r} has none; "
+                             "use shapes, celeba, or a class-labelled set (classes become one-hot concepts)")
+        dataset = OneHotTargets(dataset)
+    return dataset
+
+
+def model_for_data(cfg: TrainConfig, dataset: Dataset) -> nn.Module:
+    """Build ``cfg.method`` sized to the data (image size, number of concepts and their frequencies)."""
+    overrides = dict(cfg.model)
+    image = dataset[0][0]
+    overrides.setdefault("img_size", int(image.shape[-1]))
+    if cfg.method == "mcm":
+        names = list(dataset.concept_names)
+        overrides.setdefault("num_concepts", len(names))
+        overrides.setdefault("concept_names", names)
+        if hasattr(dataset, "concept_frequencies"):
+            overrides.setdefault("concept_freq", [round(float(f), 6) for f in dataset.concept_frequencies()])
+        else:  # one-hot classes: each class is as frequent as 1/K on balanced data
+            overrides.setdefault("concept_freq", [1.0 / len(names)] * len(names))
+    overrides.setdefault("mask_ratio", cfg.mask_ratio)
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.method, cfg.preset, **overrides)
+
+
+def check_batch(images: torch.Tensor) -> None:
+    """Value-range check, done once on the first batch (it synchronizes)."""
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"images must be floats in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
+                         "divide uint8 images by 255 and do not normalize by mean/std")
+
+
+# ---------------------------------------------------------------------- optimization
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, tokens, embeddings and scalar parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim <= 1 or any(key in name for key in ("token", "pos_embed", "state_embed", "concept_bias"))
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at a step: linear warm-up, then cosine decay to ``min_lr``."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
+    """ema <- momentum * ema + (1 - momentum) * online, for every parameter."""
+    ema_params, online_params = list(ema.parameters()), list(online.parameters())
+    torch._foreach_lerp_(ema_params, online_params, 1 - momentum)
+
+
+# ---------------------------------------------------------------------- the trainer
+class Trainer:
+    """Holds the state of one run. ``fit`` is the usual entry point."""
+
+    def __init__(self, cfg: TrainConfig, eval_fn: EvalFn | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.eval_fn, self.rank, self.world_size = cfg, eval_fn, rank, world_size
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(cfg.device)
+        self.dataset = training_data(cfg)
+        self.model = model_for_data(cfg, self.dataset).to(self.device)
+        self.grid = self.model.cfg.grid
+        self.masker = make_masker(cfg.masking, self.grid, **(
+            {"min_nodes": cfg.hierarchy_min_nodes} if cfg.masking == "hierarchical" else {}))
+        self.ema = None
+        if cfg.masking == "hierarchical":
+            self.ema = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.step_fn = self.model
+        if cfg.compile and self.device.type == "cuda":
+            self.step_fn = torch.compile(self.model)
+        self.out_dir = Path(cfg.out_dir)
+        self.step, self.history, self.evaluations = 0, [], []
+        self.is_concept_model = cfg.method == "mcm"
+
+    # -- state -----------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def save(self) -> Path | None:
+        """Checkpoint model, optimizer, EMA encoder and history (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        extra, groups = optimizer_tensors(self.optimizer)
+        if self.ema is not None:
+            extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        train = {"step": self.step, "config": self.cfg.to_dict(), "optimizer": groups,
+                 "scheduler": self.scheduler.state_dict(),
+                 "history": self.history, "evaluations": self.evaluations}
+        return save_checkpoint(self.checkpoint_path, self.unwrapped, extra=extra, train=train)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def resume(self, path: str | Path) -> None:
+        """Restore everything saved by ``save`` and continue from its step."""
+        model, info = load_checkpoint(path, device=self.device, with_training_state=True)
+        load_state_strict(self.unwrapped, model.state_dict(), path)
+        restore_optimizer(self.optimizer, {k: v for k, v in info.tensors.items() if k.startswith("optim.")},
+                          info.train["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict({k[4:]: v for k, v in info.tensors.items() if k.startswith("ema.")})
+        self.step = int(info.train["step"])
+        self.history = list(info.train.get("history", []))
+        self.evaluations = list(info.train.get("evaluations", []))
+        self.scheduler.load_state_dict(info.train["scheduler"])
+
+    # -- one step --------------------------------------------------------
+    def make_mask(self, images: torch.Tensor) -> torch.Tensor:
+        """This step's mask (B, L), drawn from a generator seeded by (seed, step, rank)."""
+        generator = torch.Generator(device=images.device).manual_seed(
+            step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 1))
+        affinity = None
+        if self.ema is not None:
+            affinity = self.ema.patch_affinity(images)
+        return self.masker(images.shape[0], self.cfg.mask_ratio, generator=generator, device=images.device,
+                           affinity=affinity, progress=self.step / self.cfg.steps)
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip, optimizer and schedule step. Returns detached device scalars."""
+        mask = self.make_mask(images)
+        concepts = targets if self.is_concept_model else None
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+        with autocast:
+            out = self.step_fn(images, mask=mask, concepts=concepts)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.unwrapped.encoder, self.cfg.ema_momentum)
+        return {"loss": out.loss.detach(), **{k: v.float() for k, v in out.losses.items()}, "grad_norm": grad_norm}
+
+    # -- logging ---------------------------------------------------------
+    def flush(self, pending: list[tuple[int, float, dict[str, torch.Tensor]]], started: float) -> None:
+        """Read the pending step metrics back (one synchronization), check them, append to history."""
+        if not pending:
+            return
+        keys = list(pending[0][2])
+        values = torch.stack([torch.stack([m[k].float() for k in keys]) for _, _, m in pending]).tolist()
+        rows = []
+        for (step, lr, _), vals in zip(pending, values):
+            row = {"step": step, "lr": lr, **dict(zip(keys, vals))}
+            if not math.isfinite(row["loss"]):
+                kept = f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists() \
+                    else "no checkpoint had been written yet"
+                raise TrainingDiverged(f"loss became {row['loss']} at step {step}; {kept}. Lower lr "
+                                       f"(now {self.cfg.lr}), keep grad_clip on, or use precision=fp32")
+            rows.append(row)
+        rows[-1]["elapsed_s"] = time.perf_counter() - started
+        self.history.extend(rows)
+        pending.clear()
+        if self.rank == 0:
+            with open(self.out_dir / HISTORY_NAME, "a") as handle:
+                handle.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def evaluate(self) -> None:
+        if self.eval_fn is None or self.rank != 0:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            result = {"step": self.step, **self.eval_fn(self.unwrapped, self.step)}
+        self.model.train(was_training)
+        self.evaluations.append(result)
+
+    # -- the loop --------------------------------------------------------
+    def batches(self, until: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.step,
+                                   until, self.rank, self.world_size)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for images, targets in loader:
+            yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train from ``self.step`` to ``until`` (default ``cfg.steps``); checkpoint and evaluate as configured.
+
+        Stopping early with ``until`` keeps the schedule of the full run, so a later ``resume``
+        continues exactly where this left off.
+        """
+        cfg = self.cfg
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            cfg.save(self.out_dir / "config.yaml")
+            atomic_write_text(self.out_dir / "versions.json", json.dumps(package_versions(), indent=2))
+            atomic_write_text(self.out_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in self.history))
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0,
+                   desc=f"{cfg.method} {cfg.masking} r={cfg.mask_ratio}", dynamic_ncols=True)
+        started, first_step, pending = time.perf_counter(), self.step, []
+        self.model.train()
+        for images, targets in self.batches(until):
+            if self.step == first_step:
+                check_batch(images)
+            lr = self.optimizer.param_groups[0]["lr"]
+            pending.append((self.step, lr, self.train_step(images, targets)))
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == until:
+                self.flush(pending, started)
+                bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self.evaluate()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self.save()
+        bar.close()
+        self.flush(pending, started)
+        if self.eval_fn is not None and self.step == cfg.steps:
+            self.evaluate()
+        path = self.save()
+        images_seen = (self.step - first_step) * cfg.batch_size
+        return TrainResult(self.unwrapped.eval(), self.history, path, cfg, time.perf_counter() - started,
+                           images_seen, self.evaluations)
+
+
+def fit(cfg: TrainConfig, resume: str | Path | bool | None = None, eval_fn: EvalFn | None = None,
+        until: int | None = None) -> TrainResult:
+    """Train a model as ``cfg`` says.
+
+    Args:
+        until: stop (and checkpoint) after this step instead of ``cfg.steps``; resume later.
+        resume: a checkpoint path, or True for ``cfg.out_dir/checkpoint.safetensors`` if it exists.
+        eval_fn: ``eval_fn(model, step) -> {name: value}``, called every ``cfg.eval_every`` steps and at
+            the end (see ``mcm_core.evaluate``).
+    """
+    trainer = Trainer(cfg, eval_fn)
+    if resume is True:
+        resume = trainer.checkpoint_path if trainer.checkpoint_path.exists() else None
+    if resume:
+        trainer.resume(resume)
+    return trainer.run(until)
