@@ -39,6 +39,8 @@ from mcm_core.models import build_model
 CHECKPOINT_NAME = "checkpoint.safetensors"
 HISTORY_NAME = "history.jsonl"
 
+CONCEPT_METHODS = ("mcm", "supervised")  # methods trained with concept labels
+
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
 
@@ -128,7 +130,7 @@ class OneHotTargets(Dataset):
 def training_data(cfg: TrainConfig, split: str = "train") -> Dataset:
     """The data set of ``cfg``; class labels become one-hot concepts for concept models."""
     dataset = load_dataset(cfg.dataset, split=split, **cfg.data)
-    if cfg.method == "mcm" and not hasattr(dataset, "concept_names"):
+    if cfg.method in CONCEPT_METHODS and not hasattr(dataset, "concept_names"):
         if not hasattr(dataset, "classes"):
             raise ValueError(f"MCM needs concept labels, and data set {cfg.dataset!r} has none; "
                              "use shapes, celeba, or a class-labelled set (classes become one-hot concepts)")
@@ -141,7 +143,7 @@ def model_for_data(cfg: TrainConfig, dataset: Dataset) -> nn.Module:
     overrides = dict(cfg.model)
     image = dataset[0][0]
     overrides.setdefault("img_size", int(image.shape[-1]))
-    if cfg.method == "mcm":
+    if cfg.method in CONCEPT_METHODS:
         names = list(dataset.concept_names)
         overrides.setdefault("num_concepts", len(names))
         overrides.setdefault("concept_names", names)
@@ -218,7 +220,7 @@ class Trainer:
             self.step_fn = torch.compile(self.model)
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []
-        self.is_concept_model = cfg.method == "mcm"
+        self.is_concept_model = cfg.method in CONCEPT_METHODS
 
     # -- state -----------------------------------------------------------
     @property

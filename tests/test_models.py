@@ -233,7 +233,7 @@ def test_attention_maps_are_available(images):
     assert enc.attention[0].shape == (B, 4, K, 32)  # concept -> visible patch
     assert torch.allclose(enc.attention[0].sum(-1), torch.ones(B, 4, K), atol=1e-5)
     pred, dec_attn = model.decode(enc, return_attention=True)
-    assert len(dec_attn) == 3 and dec_attn[0].shape == (B, 4, 64, 2 * K)  # patch -> concept
+    assert len(dec_attn) == 3 and dec_attn[0].shape == (B, 2, 64, 2 * K)  # patch -> concept
     assert torch.allclose(pred, model.forward_decoder(enc), atol=1e-5)
     # the attention-returning path computes the same tokens as the fused one
     fused = model.forward_encoder(images, mask=enc.mask)
@@ -283,3 +283,23 @@ def test_features_and_affinity(images):
     assert affinity.shape == (B, 64, 64)
     # rows of each softmax sum to 1 over 65 tokens; dropping CLS leaves at most depth*heads
     assert torch.all(affinity.sum(-1) <= 6 * 4 + 1e-4)
+
+
+def test_block_with_attention_matches_the_fused_block(images):
+    from mcm_core.models.backbone import block_with_attention
+    model = make("mae").eval()
+    x = model.encoder.prepend_cls(model.encoder.embed(images))
+    block = model.encoder.blocks[0]
+    out, probs = block_with_attention(block, x)
+    assert torch.allclose(out, block(x), atol=1e-5)
+    assert probs.shape == (B, 4, 65, 65) and torch.allclose(probs.sum(-1), torch.ones(B, 4, 65), atol=1e-5)
+
+
+def test_supervised_reference_model(images, labels):
+    model = make("supervised")
+    out = model(images, concepts=labels)
+    assert out.concept_logits.shape == (B, K) and out.loss.ndim == 0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="needs concept labels"):
+        model(images)

@@ -128,3 +128,8 @@ def test_bad_images_range_is_reported(tmp_path):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         check_batch(torch.full((2, 3, 32, 32), 255.0))
     assert trainer.model.cfg.img_size == 32
+
+
+def test_supervised_reference_trains(tmp_path):
+    result = fit(config(tmp_path, method="supervised", steps=4, mask_ratio=0.0))
+    assert len(result.history) == 4 and "concept" in result.history[0]

@@ -2,15 +2,17 @@
 from mcm_core.models.backbone import PRESETS, BackboneConfig, ViTEncoder
 from mcm_core.models.mae import EncoderOutput, MAEConfig, MaskedAutoencoder, ModelOutput
 from mcm_core.models.mcm import MCMConfig, MultiLayerConceptMap
+from mcm_core.models.supervised import SupervisedConcepts, SupervisedConfig
 from mcm_core.models.registry import (
     build_from_dict, build_model, config_to_dict, make_config, model_names, register_model,
 )
 
 register_model("mae")(MaskedAutoencoder)
 register_model("mcm")(MultiLayerConceptMap)
+register_model("supervised")(SupervisedConcepts)
 
 __all__ = [
     "PRESETS", "BackboneConfig", "ViTEncoder", "EncoderOutput", "MAEConfig", "MaskedAutoencoder",
-    "ModelOutput", "MCMConfig", "MultiLayerConceptMap", "build_model", "build_from_dict",
+    "ModelOutput", "MCMConfig", "MultiLayerConceptMap", "SupervisedConcepts", "SupervisedConfig", "build_model", "build_from_dict",
     "config_to_dict", "make_config", "model_names", "register_model",
 ]

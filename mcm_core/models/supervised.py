@@ -1,0 +1,70 @@
+"""The supervised reference: the same encoder on full images with a per-concept head.
+
+Not a masked-image method: it is the yardstick MCM is measured against (METHODS.md
+section 6). The head is one learned vector per concept on the CLS feature, with its
+bias starting at the prior's log-odds; a single head shared across concepts stalls
+at the label prior for hundreds of steps on small data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mcm_core.models.backbone import BackboneConfig, ViTEncoder, check_images
+from mcm_core.models.mae import ModelOutput
+
+
+@dataclass
+class SupervisedConfig(BackboneConfig):
+    """Encoder sizes plus the concept head.
+
+    Args:
+        num_concepts, concept_names, concept_freq: as in MCM (frequency-weighted loss).
+        mask_ratio: kept for a uniform interface; the supervised model always sees full images.
+    """
+
+    num_concepts: int = 13
+    concept_names: list[str] | None = None
+    concept_freq: list[float] | None = None
+    mask_ratio: float = 0.0
+
+
+class SupervisedConcepts(nn.Module):
+    """ViT encoder on full images -> per-concept logits (B, K)."""
+
+    config_class = SupervisedConfig
+
+    def __init__(self, cfg: SupervisedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViTEncoder(cfg)
+        k = cfg.num_concepts
+        freq = torch.tensor(cfg.concept_freq if cfg.concept_freq is not None else [0.5] * k).clamp(0.01, 0.99)
+        self.head_weight = nn.Parameter(torch.randn(k, cfg.embed_dim) * 0.02)  # one vector per concept
+        self.head_bias = nn.Parameter(torch.logit(freq))
+        self.register_buffer("pos_weight", 0.5 / freq, persistent=False)
+        self.register_buffer("neg_weight", 0.5 / (1 - freq), persistent=False)
+
+    def predict_concepts(self, images: torch.Tensor, mask_ratio: float = 0.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """Concept logits (B, K) from full images (``mask_ratio`` is ignored)."""
+        return self.features(images) @ self.head_weight.T + self.head_bias
+
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) CLS (or mean-patch) feature of the full image."""
+        check_images(images, self.cfg)
+        tokens = self.encoder.forward_features(images)
+        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def forward(self, images: torch.Tensor, mask_ratio: float | None = None, concepts: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> ModelOutput:
+        """Frequency-weighted logistic loss on ``concepts`` (B, K); ``mask`` is ignored (full images)."""
+        if concepts is None:
+            raise ValueError("the supervised model needs concept labels: call model(images, concepts=targets)")
+        logits = self.predict_concepts(images)
+        weights = concepts * self.pos_weight + (1 - concepts) * self.neg_weight
+        loss = (F.binary_cross_entropy_with_logits(logits, concepts, reduction="none") * weights).mean()
+        return ModelOutput(loss=loss, losses={"concept": loss.detach()}, concept_logits=logits)
