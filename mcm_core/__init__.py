@@ -5,9 +5,33 @@ MCM (Multi-layer Concept Map) concept tokens, masking strategies, the training
 loop and the analysis tools. Data flows one way::
 
     data -> masking -> models -> train -> evaluate -> viz -> widgets -> notebooks
+
+The common entry points are available at the top level (imported on first use,
+so ``import mcm_core`` stays fast): ``build_model``, ``load_dataset``, ``fit``,
+``TrainConfig``, ``save_checkpoint``, ``load_checkpoint``, ``export_timm``.
 """
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "build_model": "mcm_core.models",
+    "load_dataset": "mcm_core.data",
+    "fit": "mcm_core.train",
+    "TrainConfig": "mcm_core.config",
+    "load_config": "mcm_core.config",
+    "save_checkpoint": "mcm_core.checkpoint",
+    "load_checkpoint": "mcm_core.checkpoint",
+    "export_timm": "mcm_core.export",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mcm_core' has no attribute {name!r}")

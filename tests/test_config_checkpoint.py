@@ -90,3 +90,13 @@ def test_save_failure_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, model)
     assert path.read_bytes() == before
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_top_level_api(tmp_path):
+    import mcm_core
+    model = mcm_core.build_model("mcm", "tiny")
+    path = mcm_core.save_checkpoint(tmp_path / "m.safetensors", model)
+    loaded, info = mcm_core.load_checkpoint(path)
+    assert info.method == "mcm" and type(loaded) is type(model)
+    assert mcm_core.export_timm(loaded).num_features == 128
+    assert isinstance(mcm_core.__version__, str)
