@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 

@@ -29,13 +29,6 @@ CELEBA_NAMES = (
 ).split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _idx_bytes(array: np.ndarray) -> bytes:
     """IDX encoding of a uint8 array, written by hand (independent of the reader)."""

@@ -16,14 +16,6 @@ C = {name: k for k, name in enumerate(CONCEPT_NAMES)}
 SLOT_KEYS = ("present", "shape", "colour", "large", "cx", "cy", "fill")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops: one thread is fastest, and stays fast on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_concept_names_exact_order():
     assert CONCEPT_NAMES == [
