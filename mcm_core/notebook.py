@@ -1,0 +1,203 @@
+"""Helpers for the workbook's notebooks: parameter validation, seeding, checkpoint reuse.
+
+Every notebook has one cell tagged ``parameters`` (papermill overrides it by inserting
+an ``injected-parameters`` cell after it) followed by::
+
+    params = resolve_params(notebook_params(globals(), SPEC), SPEC)
+
+which checks every value against the notebook's ``SPEC`` (``name -> (type, allowed)``),
+turns ``smoke=None`` into the ``MCM_SMOKE`` environment setting and ``device="auto"``
+into a concrete device, and fails with a message naming the parameter and its valid
+values. Names papermill injected that the notebook does not define are caught by
+reading the injected cell back from the kernel's input history.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Range", "resolve_params", "notebook_params", "injected_parameters", "smoke_from_env",
+           "setup", "checkpoint_matches"]
+
+SMOKE_ENV = "MCM_SMOKE"
+INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
+# Config fields that do not change what a run learns: a checkpoint may differ in these.
+RUNTIME_FIELDS = ("device", "progress", "out_dir", "num_workers", "log_every", "checkpoint_every",
+                  "eval_every", "compile", "deterministic")
+
+Spec = Mapping[str, tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers ``low <= x < high`` (or ``<= high`` with ``include_high``); use as ``allowed``."""
+
+    low: float
+    high: float
+    include_high: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return self.low <= value <= self.high if self.include_high else self.low <= value < self.high
+
+    def __str__(self) -> str:
+        return f"[{self.low:g}, {self.high:g}{']' if self.include_high else ')'}"
+
+
+def type_label(tp: Any) -> str:
+    types = tp if isinstance(tp, tuple) else (tp,)
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def type_ok(value: Any, tp: Any) -> bool:
+    """isinstance with the notebook conventions: bool is not an int, an int is a valid float."""
+    types = tp if isinstance(tp, tuple) else (tp,)
+    for t in types:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, bool):
+            continue
+        if isinstance(value, t):
+            return True
+    return False
+
+
+def smoke_from_env() -> bool:
+    """``MCM_SMOKE`` set to 1 / true / yes (any case) means smoke mode."""
+    return os.environ.get(SMOKE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_params(params: Mapping[str, Any], spec: Spec) -> dict[str, Any]:
+    """Validate notebook parameters and resolve the automatic ones.
+
+    Args:
+        params: ``{name: value}`` as the notebook holds them (see :func:`notebook_params`).
+        spec: ``{name: (type or tuple of types, allowed)}`` where ``allowed`` is None (any value
+            of the type), a collection of values, or a :class:`Range`.
+    Returns:
+        A new dict: ``smoke`` None -> ``MCM_SMOKE`` from the environment, ``device`` "auto" ->
+        ``"cpu"`` / ``"cuda"`` (via ``mcm_core.train.resolve_device``), floats as ``float``.
+    Raises:
+        ValueError: unknown or missing names, or a value outside its allowed values.
+        TypeError: a value of the wrong type.
+    """
+    valid = sorted(spec)
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        hints = [f"{u!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(u, valid, n=1))
+                 else repr(u) for u in unknown]
+        raise ValueError(f"unknown parameter(s) {', '.join(hints)}; this notebook's parameters are {valid}")
+    missing = sorted(set(spec) - set(params))
+    if missing:
+        raise ValueError(f"parameter(s) {missing} are not defined; restore them in the cell tagged 'parameters'")
+    out: dict[str, Any] = {}
+    for name in spec:
+        tp, allowed = spec[name]
+        value = params[name]
+        if not type_ok(value, tp):
+            raise TypeError(f"parameter {name!r} must be {type_label(tp)}, got {value!r} ({type(value).__name__})")
+        if allowed is not None and value is not None and value not in allowed:
+            choices = str(allowed) if isinstance(allowed, Range) else sorted(allowed, key=str)
+            raise ValueError(f"parameter {name!r} must be {'in' if isinstance(allowed, Range) else 'one of'} "
+                             f"{choices}, got {value!r}")
+        types = tp if isinstance(tp, tuple) else (tp,)
+        if type(value) is int and float in types and int not in types:
+            value = float(value)  # mask_ratio=1 from the command line is still a float parameter
+        out[name] = value
+    if "smoke" in out and out["smoke"] is None:
+        out["smoke"] = smoke_from_env()
+    if isinstance(out.get("device"), str):
+        from mcm_core.train import resolve_device  # lazy: keeps this module light to import
+        out["device"] = str(resolve_device(out["device"]))
+    return out
+
+
+def injected_parameters(history: Iterable[str] | None = None) -> dict[str, Any]:
+    """Names and values papermill injected, read from the kernel's input history.
+
+    Args:
+        history: cell sources in execution order (default: IPython's ``In``; none outside IPython).
+    Returns:
+        ``{name: value}`` of the last injected-parameters cell, ``{}`` when there is none.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return {}
+        shell = get_ipython()
+        history = shell.user_ns.get("In", []) if shell is not None else []
+    found: dict[str, Any] = {}
+    for source in history:
+        if not isinstance(source, str) or not source.lstrip().startswith(INJECTED_HEADER):
+            continue
+        found = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        try:
+                            found[target.id] = ast.literal_eval(node.value)
+                        except ValueError:
+                            found[target.id] = ast.unparse(node.value)  # not a literal: still a name
+    return found
+
+
+def notebook_params(namespace: Mapping[str, Any], spec: Spec,
+                    history: Iterable[str] | None = None) -> dict[str, Any]:
+    """The notebook's current value of each ``spec`` name, plus every injected name.
+
+    Injected names outside ``spec`` are kept, so :func:`resolve_params` reports them as unknown.
+    """
+    values = {name: namespace[name] for name in spec if name in namespace}
+    for name in injected_parameters(history):
+        values.setdefault(name, namespace.get(name))
+    return values
+
+
+def setup(seed: int, threads: int | None = None) -> torch.Generator:
+    """Seed Python's ``random``, NumPy and torch (CPU and CUDA); optionally cap torch's threads.
+
+    Returns:
+        A CPU ``torch.Generator`` seeded with ``seed``, for masks and samples in the notebook.
+    """
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.Generator().manual_seed(int(seed))
+
+
+def checkpoint_matches(path: str | Path, config: Any) -> bool:
+    """True when ``path`` holds a finished run of ``config`` (a ``TrainConfig``).
+
+    Fields that do not change what is learned (device, progress bar, out_dir, ...) may differ.
+    A missing file, an unfinished run or any other difference gives False: train again.
+    """
+    from mcm_core.checkpoint import CheckpointError, read_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        train = read_metadata(path).get("train", {})
+    except CheckpointError:
+        return False
+    saved, wanted = dict(train.get("config", {})), config.to_dict()
+    for key in RUNTIME_FIELDS:
+        saved.pop(key, None)
+        wanted.pop(key, None)
+    return saved == wanted and int(train.get("step", -1)) == config.steps
