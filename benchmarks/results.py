@@ -71,7 +71,8 @@ def evaluate_run(model, cfg: TrainConfig, dataset_name: str, test_size: int, qui
     if test_size < len(test):
         test = torch.utils.data.Subset(test, range(test_size))
     if cfg.method == "mae":
-        train = torch.utils.data.Subset(training_data(cfg, "train"), range(500 if quick else 5000))
+        train = training_data(cfg, "train")
+        train = torch.utils.data.Subset(train, range(min(len(train), 500 if quick else 5000)))
         train_x, train_y = extract_features(model, train)
         test_x, test_y = extract_features(model, test)
         probe = linear_probe(train_x, train_y, test_x, test_y)
