@@ -22,6 +22,7 @@ from timm.layers import Mlp
 from timm.layers.attention import Attention
 
 from mcm_core.models.backbone import init_weights
+from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
 from mcm_core.models.mae import EncoderOutput, MAEConfig, MaskedAutoencoder, ModelOutput
 
 PAIRINGS = ("mirror", "sequential")
@@ -176,12 +177,11 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         self.concept_to_decoder = nn.Linear(d, cfg.decoder_embed_dim)
         states = 2 if cfg.concept_head == "states" else 1
         self.state_embed = nn.Parameter(torch.randn(cfg.depth, k, states, d) * 0.02)  # (depth, K, S, D)
-        freq = torch.tensor(cfg.concept_freq if cfg.concept_freq is not None else [0.5] * k).clamp(0.01, 0.99)
-        self.concept_bias = nn.Parameter(torch.logit(freq).repeat(cfg.depth, 1))  # (depth, K), starts at the prior
+        prior = concept_prior(cfg.concept_freq, k)
+        self.concept_bias = nn.Parameter(torch.logit(prior).repeat(cfg.depth, 1))  # (depth, K), starts at the prior
         # Cosine scores live in [-2, 2]; a learned scale turns them into confident logits.
         self.concept_log_scale = nn.Parameter(torch.tensor(2.0 if cfg.concept_head == "states" else 0.0))
-        self.register_buffer("pos_weight", 0.5 / freq, persistent=False)
-        self.register_buffer("neg_weight", 0.5 / (1 - freq), persistent=False)
+        register_concept_weights(self, prior)
         for module in (self.concept_blocks, self.concept_norms, self.concept_to_decoder):
             module.apply(init_weights)
 
@@ -259,11 +259,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         Args:
             layer_logits: (depth, B, K); concepts: float (B, K) in {0, 1}.
         """
-        weights = concepts * self.pos_weight + (1 - concepts) * self.neg_weight  # (B, K)
-        per_layer = torch.stack([
-            (F.binary_cross_entropy_with_logits(logits, concepts, reduction="none") * weights).mean()
-            for logits in layer_logits
-        ])
+        per_layer = torch.stack([weighted_concept_bce(logits, concepts, self.pos_weight, self.neg_weight)
+                                 for logits in layer_logits])
         loss = per_layer[-1]
         if self.cfg.aux_concept_weight > 0 and len(per_layer) > 1:
             loss = loss + self.cfg.aux_concept_weight * per_layer[:-1].mean()

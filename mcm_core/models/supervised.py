@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mcm_core.models.backbone import BackboneConfig, ViTEncoder, check_images
+from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
 from mcm_core.models.mae import ModelOutput
 
 
@@ -42,11 +42,10 @@ class SupervisedConcepts(nn.Module):
         self.cfg = cfg
         self.encoder = ViTEncoder(cfg)
         k = cfg.num_concepts
-        freq = torch.tensor(cfg.concept_freq if cfg.concept_freq is not None else [0.5] * k).clamp(0.01, 0.99)
+        prior = concept_prior(cfg.concept_freq, k)
         self.head_weight = nn.Parameter(torch.randn(k, cfg.embed_dim) * 0.02)  # one vector per concept
-        self.head_bias = nn.Parameter(torch.logit(freq))
-        self.register_buffer("pos_weight", 0.5 / freq, persistent=False)
-        self.register_buffer("neg_weight", 0.5 / (1 - freq), persistent=False)
+        self.head_bias = nn.Parameter(torch.logit(prior))
+        register_concept_weights(self, prior)
 
     def predict_concepts(self, images: torch.Tensor, mask_ratio: float = 0.0,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -65,6 +64,5 @@ class SupervisedConcepts(nn.Module):
         if concepts is None:
             raise ValueError("the supervised model needs concept labels: call model(images, concepts=targets)")
         logits = self.predict_concepts(images)
-        weights = concepts * self.pos_weight + (1 - concepts) * self.neg_weight
-        loss = (F.binary_cross_entropy_with_logits(logits, concepts, reduction="none") * weights).mean()
+        loss = weighted_concept_bce(logits, concepts, self.pos_weight, self.neg_weight)
         return ModelOutput(loss=loss, losses={"concept": loss.detach()}, concept_logits=logits)
