@@ -272,8 +272,11 @@ class Trainer:
         mask = self.make_mask(images)
         concepts = targets if self.is_concept_model else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+        # A second per-(seed, step, rank) stream for any randomness a model draws itself (e.g. MiCL's views).
+        generator = torch.Generator(device=images.device).manual_seed(
+            step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 2))
         with autocast:
-            out = self.step_fn(images, mask=mask, concepts=concepts)
+            out = self.step_fn(images, mask=mask, concepts=concepts, generator=generator)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
@@ -282,6 +285,9 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             ema_update(self.ema, self.unwrapped.encoder, self.cfg.ema_momentum)
+        after_step = getattr(self.unwrapped, "after_step", None)
+        if after_step is not None:  # per-step model state, e.g. an EMA target encoder and its momentum schedule
+            after_step((self.step + 1) / self.cfg.steps)
         return {"loss": out.loss.detach(), **{k: v.float() for k, v in out.losses.items()}, "grad_norm": grad_norm}
 
     # -- logging ---------------------------------------------------------
