@@ -78,25 +78,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, extra: dict[str, torch.Tensor] | None = None,
-                    train: dict[str, Any] | None = None) -> Path:
+                    train: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Save ``model`` (and optional training state) to ``path`` (``.safetensors``) and ``path.json``.
 
     Args:
         extra: more tensors, under their own prefixes (e.g. ``optim.*``, ``ema.*``).
         train: JSON-serializable training state (step, history, trainer config).
+        dtype: store the model's floating-point weights in this dtype (e.g. ``torch.float16`` halves
+            the file); loading casts them back to the model's own dtype.
     Returns:
         The checkpoint path.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": cast_floating(v.detach().contiguous().cpu(), dtype)
+               for k, v in model.state_dict().items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     meta = {"format": FORMAT, **config_to_dict(model), "train": train or {}, "versions": package_versions()}
     metadata = {key: json.dumps(value) for key, value in meta.items()}
     atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path
+
+
+def cast_floating(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` in ``dtype`` if it is floating point and a dtype is given, else unchanged."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ["Range", "resolve_params", "notebook_params", "injected_parameters", "smoke_from_env",
-           "setup", "checkpoint_matches"]
+           "setup", "checkpoint_matches", "workbook_checkpoint", "SHIPPED_CHECKPOINT"]
 
 SMOKE_ENV = "MCM_SMOKE"
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
@@ -35,6 +35,10 @@ RUNTIME_FIELDS = ("device", "progress", "out_dir", "num_workers", "log_every", "
                   "eval_every", "compile", "deterministic")
 
 Spec = Mapping[str, tuple[Any, Any]]
+# A small MCM (tiny preset, shapes) shipped with the package so notebooks 02-04 run without 01;
+# mcm_core/assets/README.md holds the command that trained it and its measured metrics.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "mcm_tiny_shapes.safetensors"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # what mcm_core.train writes into a run folder
 
 
 @dataclass(frozen=True)
@@ -201,3 +205,27 @@ def checkpoint_matches(path: str | Path, config: Any) -> bool:
         saved.pop(key, None)
         wanted.pop(key, None)
     return saved == wanted and int(train.get("step", -1)) == config.steps
+
+
+def workbook_checkpoint(checkpoint_path: str | Path, quiet: bool = False) -> Path:
+    """The checkpoint a later notebook starts from: notebook 01's run if it exists, else the shipped one.
+
+    Args:
+        checkpoint_path: a run folder (``<folder>/checkpoint.safetensors`` is used) or a
+            ``.safetensors`` file, usually notebook 01's ``"../runs/01_train_mcm"``.
+        quiet: do not print which checkpoint is used.
+    Returns:
+        The path of an existing checkpoint file.
+    Raises:
+        FileNotFoundError: neither exists (the package was installed without its assets).
+    """
+    path = Path(checkpoint_path)
+    candidate = path if path.suffix == ".safetensors" else path / CHECKPOINT_NAME
+    chosen = candidate if candidate.is_file() else SHIPPED_CHECKPOINT
+    if not chosen.is_file():
+        raise FileNotFoundError(f"no checkpoint at {candidate} and the shipped one ({SHIPPED_CHECKPOINT}) is "
+                                "missing: run notebook 01 first, or reinstall mcm_core from the repository")
+    if not quiet:
+        source = "notebook 01's run" if chosen == candidate else "the checkpoint shipped with mcm_core"
+        print(f"using {source}: {chosen}")
+    return chosen

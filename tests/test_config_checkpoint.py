@@ -100,3 +100,36 @@ def test_top_level_api(tmp_path):
     assert info.method == "mcm" and type(loaded) is type(model)
     assert mcm_core.export_timm(loaded).num_features == 128
     assert isinstance(mcm_core.__version__, str)
+
+
+def test_float16_storage_halves_the_file_and_loads_back_as_float32(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mcm", "tiny").eval()
+    full = save_checkpoint(tmp_path / "full.safetensors", model)
+    half = save_checkpoint(tmp_path / "half.safetensors", model, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded, _ = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.predict_concepts(images), model.predict_concepts(images), atol=2e-2, rtol=0)
+
+
+def test_workbook_checkpoint_prefers_notebook_01_run_then_the_shipped_one(tmp_path, capsys):
+    from mcm_core.notebook import SHIPPED_CHECKPOINT, workbook_checkpoint
+
+    assert workbook_checkpoint(tmp_path / "missing") == SHIPPED_CHECKPOINT
+    assert "shipped" in capsys.readouterr().out
+    run = tmp_path / "01_train_mcm"
+    save_checkpoint(run / "checkpoint.safetensors", build_model("mcm", "tiny"))
+    assert workbook_checkpoint(run) == run / "checkpoint.safetensors"
+    assert workbook_checkpoint(run / "checkpoint.safetensors", quiet=True) == run / "checkpoint.safetensors"
+
+
+def test_the_shipped_checkpoint_is_a_trained_mcm_on_shapes():
+    from mcm_core.notebook import SHIPPED_CHECKPOINT
+
+    assert SHIPPED_CHECKPOINT.stat().st_size < 8 * 2**20, "the shipped checkpoint should stay a few MB"
+    model, info = load_checkpoint(SHIPPED_CHECKPOINT)
+    assert info.method == "mcm" and model.cfg.num_concepts == 13 and model.cfg.img_size == 32
+    assert info.train["step"] == info.train["config"]["steps"]
+    assert info.train["metrics"]["concepts"]["macro"]["f1"] > 0.5  # measured when it was made, see assets/README.md
