@@ -49,7 +49,8 @@ examples:
   mcm train --method mae --mask-ratio 0.75 --steps 2000 --out-dir runs/mae
   mcm train --config run.yaml --batch-size 64 --set model.depth=4 --no-progress
   mcm train --config run.yaml --resume            # continue from out_dir/checkpoint.safetensors
-  mcm train --steps 3 --batch-size 8 --set data.size=64 --dry-run   # print the resolved config"""
+  mcm train --steps 3 --batch-size 8 --set data.size=64 --dry-run   # print the resolved config
+  torchrun --nproc_per_node=2 -m mcm_core train --out-dir runs/ddp   # DDP: NCCL on GPUs, gloo on CPUs"""
 
 
 class UsageError(ValueError):
@@ -346,9 +347,11 @@ class RunEvaluator:
         metrics: dict[str, Any] = {"split": self.split, "num_images": len(data), "notes": []}
         if self.split != "val":
             metrics["notes"].append(f"{self.cfg.dataset} has no val split; evaluated on {self.split}")
-        if is_concept_model(model):
+        if callable(getattr(model, "predict_concepts", None)):  # MCM and the supervised reference
             metrics["concepts"] = concept_report(model, data).to_dict()
-        if getattr(model.cfg, "norm_pix_loss", False):
+        if not callable(getattr(model, "forward_decoder", None)):
+            metrics["notes"].append(f"no reconstruction metrics: {type(model).__name__} has no pixel decoder")
+        elif getattr(model.cfg, "norm_pix_loss", False):
             metrics["notes"].append("no reconstruction metrics: the model predicts normalized pixels (norm_pix_loss)")
         else:
             metrics["reconstruction"] = reconstruction_over(model, data, self.cfg.mask_ratio, self.cfg.seed)
@@ -380,25 +383,30 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if args.until is not None and args.until < 1:
         raise UsageError(f"--until must be at least 1, got {args.until}")
+    from mcm_core.distributed import is_main_process
     from mcm_core.train import CHECKPOINT_NAME, fit
 
     device = device_of(cfg.device)
+    main_process = is_main_process()  # under torchrun, rank 0 alone prints, evaluates and writes metrics
+    say = print if main_process else (lambda *_, **__: None)
     resume = args.resume
     out_dir = Path(cfg.out_dir)
     if resume is True:
         found = (out_dir / CHECKPOINT_NAME).exists()
-        print(f"resuming from {out_dir / CHECKPOINT_NAME}" if found
-              else f"no checkpoint in {out_dir} yet; starting a fresh run")
+        say(f"resuming from {out_dir / CHECKPOINT_NAME}" if found
+            else f"no checkpoint in {out_dir} yet; starting a fresh run")
     elif resume is not None:
         resume = checkpoint_file(resume)
         if not resume.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {resume} not found; pass a checkpoint file or run "
                                     "folder, or --resume alone for out_dir's checkpoint")
-        print(f"resuming from {resume}")
-    print(f"training {cfg.method} ({cfg.preset}) on {cfg.dataset} for {cfg.steps} steps "
-          f"(batch {cfg.batch_size}, {cfg.masking} masking r={cfg.mask_ratio}) on {device} -> {out_dir}", flush=True)
+        say(f"resuming from {resume}")
+    say(f"training {cfg.method} ({cfg.preset}) on {cfg.dataset} for {cfg.steps} steps "
+        f"(batch {cfg.batch_size}, {cfg.masking} masking r={cfg.mask_ratio}) on {device} -> {out_dir}", flush=True)
     evaluator = RunEvaluator(cfg)
     result = fit(cfg, resume=resume, eval_fn=evaluator, until=args.until)
+    if not main_process:
+        return 0
     step = int(result.history[-1]["step"]) + 1 if result.history else 0
     evaluation = evaluator.final(result.model, step)
     metrics = {"method": cfg.method, "dataset": cfg.dataset, "step": step, "steps": cfg.steps,

@@ -240,6 +240,18 @@ def test_mae_on_classes_until_resume_and_knn(tmp_path, capsys):
     assert "needs an MCM checkpoint" in capsys.readouterr().err
 
 
+def test_supervised_reference_trains_and_reports_concepts_without_reconstruction(tmp_path):
+    """The supervised model has concepts but no pixel decoder: concept metrics, a note, no crash."""
+    run = tmp_path / "sup"
+    code, out, err = run_cli(["train", "--method", "supervised", "--steps", "2", "--batch-size", "8",
+                              "--eval-size", "16", "--set", "data.size=32", "--model", SMALL, "--no-progress",
+                              "--out-dir", str(run)])
+    assert code == 0, err
+    metrics = strict_json(run / "metrics.json")
+    assert 0 <= metrics["concepts"]["macro"]["f1"] <= 1 and "reconstruction" not in metrics
+    assert any("no pixel decoder" in note for note in metrics["notes"])
+
+
 def test_library_errors_during_training_are_clean(tmp_path, capsys):
     code = main(["train", "--set", "model.nosuch=1", "--set", "data.size=16", "--steps", "1", "--batch-size", "4",
                  "--no-progress", "--out-dir", str(tmp_path / "run")])
