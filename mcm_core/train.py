@@ -392,9 +392,10 @@ class Trainer:
                 self.save()
         bar.close()
         self.flush(pending, started)
+        path = self.save()  # before the final evaluation, so a failing eval_fn never costs the trained weights
         if self.eval_fn is not None and self.step == cfg.steps:
             self.evaluate()
-        path = self.save()
+            path = self.save()  # again, now with the final evaluation in its metadata
         images_seen = (self.step - first_step) * cfg.batch_size
         return TrainResult(self.unwrapped.eval(), self.history, path, cfg, time.perf_counter() - started,
                            images_seen, self.evaluations)

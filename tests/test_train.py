@@ -133,3 +133,13 @@ def test_bad_images_range_is_reported(tmp_path):
 def test_supervised_reference_trains(tmp_path):
     result = fit(config(tmp_path, method="supervised", steps=4, mask_ratio=0.0))
     assert len(result.history) == 4 and "concept" in result.history[0]
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_checkpoint(tmp_path):
+    def broken_eval(model, step):
+        raise RuntimeError("evaluation bug")
+
+    with pytest.raises(RuntimeError, match="evaluation bug"):
+        fit(config(tmp_path, steps=3), eval_fn=broken_eval)
+    _, info = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert info.train["step"] == 3  # the weights of the finished run were saved before evaluating
