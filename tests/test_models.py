@@ -303,3 +303,19 @@ def test_supervised_reference_model(images, labels):
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="needs concept labels"):
         model(images)
+
+
+@pytest.mark.parametrize("head", ["states", "linear"])
+def test_predict_concepts_reads_the_final_snapshot_with_the_final_layers_head(head):
+    """Training scores snapshot l with head l; prediction must use the last head, not head 0."""
+    torch.manual_seed(0)
+    model = build_model("mcm", "tiny", concept_head=head).eval()
+    with torch.no_grad():
+        model.state_embed.normal_()  # make every layer's head different
+        model.concept_bias.normal_()
+        images = torch.rand(3, 3, 32, 32)
+        every_layer = model.layer_logits(model.forward_encoder(images, 0.0).concepts)  # (depth, B, K)
+        torch.testing.assert_close(model.predict_concepts(images), every_layer[-1])
+        assert not torch.allclose(every_layer[0], every_layer[-1])
+    with pytest.raises(ValueError, match="encoder has 6 layers"):
+        model.layer_logits([torch.zeros(3, 13, 128)] * 2, first_layer=5)

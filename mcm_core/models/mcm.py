@@ -242,16 +242,25 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         w = self.state_embed[:, :, 0]
         return torch.stack([-w, w], dim=2)
 
-    def layer_logits(self, snapshots: list[torch.Tensor]) -> torch.Tensor:
-        """Concept logits of every snapshot: -> (depth, B, K)."""
-        z = torch.stack(snapshots)  # (depth, B, K, D)
+    def layer_logits(self, snapshots: list[torch.Tensor], first_layer: int = 0) -> torch.Tensor:
+        """Concept logits of consecutive snapshots, each read by its own layer's head: -> (n, B, K).
+
+        Args:
+            snapshots: n tensors (B, K, D), the snapshots of encoder layers ``first_layer ...
+                first_layer + n - 1`` (all ``depth`` of them by default).
+        """
+        layers = slice(first_layer, first_layer + len(snapshots))
+        if layers.stop > self.cfg.depth:
+            raise ValueError(f"snapshots of layers {first_layer}..{layers.stop - 1} but the encoder has "
+                             f"{self.cfg.depth} layers")
+        z = torch.stack(snapshots)  # (n, B, K, D)
         if self.cfg.concept_head == "states":
-            e = F.normalize(self.state_embed, dim=-1)  # (depth, K, 2, D)
+            e = F.normalize(self.state_embed[layers], dim=-1)  # (n, K, 2, D)
             cos = torch.einsum("lbkd,lksd->lbks", F.normalize(z, dim=-1), e)
             score = cos[..., 1] - cos[..., 0]
         else:
-            score = torch.einsum("lbkd,lkd->lbk", z, self.state_embed[:, :, 0])
-        return self.concept_log_scale.exp() * score + self.concept_bias[:, None]
+            score = torch.einsum("lbkd,lkd->lbk", z, self.state_embed[layers, :, 0])
+        return self.concept_log_scale.exp() * score + self.concept_bias[layers, None]
 
     def concept_loss(self, layer_logits: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
         """Frequency-weighted logistic loss; final snapshot + ``aux_concept_weight`` x mean of the others.
@@ -323,7 +332,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
     def predict_concepts(self, images: torch.Tensor, mask_ratio: float = 0.0,
                          generator: torch.Generator | None = None) -> torch.Tensor:
         """Concept logits (B, K) from the final snapshot (full images by default)."""
-        return self.layer_logits(self.forward_encoder(images, mask_ratio, generator).concepts[-1:])[0]
+        final = self.forward_encoder(images, mask_ratio, generator).concepts[-1]
+        return self.layer_logits([final], first_layer=self.cfg.depth - 1)[0]  # the last layer's own head
 
     def disentangle_loss(self, images: torch.Tensor, encoded: EncoderOutput, concepts: torch.Tensor,
                          generator: torch.Generator | None) -> torch.Tensor:
