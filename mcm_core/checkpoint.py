@@ -7,14 +7,18 @@ package versions. The ``.json`` sidecar repeats the metadata for people.
 
 Writes are atomic: data goes to a temporary file in the same folder, is flushed
 to disk, then renamed over the old file. A crash or a full disk never leaves a
-half-written checkpoint, and the previous one stays intact.
+half-written checkpoint, and the previous one stays intact. A CRC-32 of the tensors
+and the metadata, stored in the metadata, catches a file damaged after it was written.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import zlib
 from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,9 @@ from safetensors.torch import load_file, save_file
 from mcm_core.models.registry import build_from_dict, config_to_dict
 
 FORMAT = "mcm_core.checkpoint/1"
+CHECKSUM_KEY = "checksum"
+# Distributions recorded next to every run besides torch, timm and mcm_core itself.
+RECORDED_PACKAGES = ("numpy", "safetensors", "PyYAML", "Pillow", "scikit-learn", "matplotlib")
 
 
 class CheckpointError(RuntimeError):
@@ -45,10 +52,21 @@ class CheckpointInfo:
 
 def package_versions() -> dict[str, str]:
     """Versions recorded next to every checkpoint and result."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
     import timm
     import mcm_core
-    return {"mcm_core": mcm_core.__version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    versions = {"mcm_core": mcm_core.__version__, "torch": torch.__version__, "timm": timm.__version__}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return {**versions, "cuda": str(torch.version.cuda), "python": platform.python_version(),
+            "platform": platform.platform()}
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -64,12 +82,28 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointError(f"could not write {path}: {error.strerror or error}; "
-                                  "free disk space or choose another folder (any previous file there is intact)") from error
+        if isinstance(error, (OSError, SafetensorError)):  # safetensors reports its I/O errors as its own type
+            reason = getattr(error, "strerror", None) or error
+            raise CheckpointError(f"could not write {path}: {reason}; free disk space, raise the file-size limit "
+                                  "or choose another folder (any previous file there is intact)") from error
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder so a rename in it survives a power cut (a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -97,6 +131,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, extra: dict[str, torc
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     meta = {"format": FORMAT, **config_to_dict(model), "train": train or {}, "versions": package_versions()}
     metadata = {key: json.dumps(value) for key, value in meta.items()}
+    meta[CHECKSUM_KEY] = checksum(tensors, metadata)
+    metadata[CHECKSUM_KEY] = json.dumps(meta[CHECKSUM_KEY])
     atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path
@@ -107,8 +143,23 @@ def cast_floating(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tens
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
+def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """CRC-32 of the metadata strings and of every CPU tensor's name, dtype, shape and bytes, by name."""
+    crc = zlib.crc32(json.dumps({k: v for k, v in metadata.items() if k != CHECKSUM_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)  # the raw bytes, whatever the dtype
+    return f"crc32:{crc:08x}"
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint file, with clear errors for files that are not checkpoints."""
+    return {key: json.loads(value) for key, value in read_raw_metadata(path).items()}
+
+
+def read_raw_metadata(path: Path) -> dict[str, str]:
+    """The metadata strings of a checkpoint's safetensors header; reads only the header, never unpickles."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train one first (python -m mcm_core train) "
                                 "or check the path")
@@ -120,13 +171,14 @@ def read_metadata(path: Path) -> dict[str, Any]:
             header = json.loads(handle.read(size))
         raw = header.get("__metadata__", {})
         meta = {key: json.loads(value) for key, value in raw.items()}
-    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not a safetensors checkpoint ({error}); it may be truncated or "
-                              "another kind of file: re-save it with mcm_core.save_checkpoint") from None
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({error}); it may be truncated, corrupted or "
+                              "another kind of file (pickled .pt/.pth files are refused: loading them could run "
+                              "code): re-save it with mcm_core.save_checkpoint") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an mcm_core checkpoint "
                               f"(format {meta.get('format')!r}, expected {FORMAT!r})")
-    return meta
+    return raw
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -139,16 +191,25 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         tensors when ``with_training_state``).
     """
     path = Path(path)
-    meta = read_metadata(path)
+    raw = read_raw_metadata(path)
+    meta = {key: json.loads(value) for key, value in raw.items()}
     try:
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{path} is damaged ({error}); it may be truncated or corrupted: "
                               "use an earlier checkpoint or train again") from None
-    model = build_from_dict({"method": meta["method"], "config": meta["config"]}).to(device)
+    if CHECKSUM_KEY in meta and checksum(tensors, raw) != meta[CHECKSUM_KEY]:  # older files have no checksum
+        raise CheckpointError(f"{path} is corrupted: its contents no longer match the checksum written when it was "
+                              "saved; use an earlier checkpoint or train again")
+    try:
+        model = build_from_dict({"method": meta["method"], "config": meta["config"]})
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} describes a model this version of mcm_core cannot build ({error}); "
+                              "load it with the mcm_core version it was saved with (see its versions)") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_strict(model, state, path)
-    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")} if with_training_state else {}
+    model = model.to(device)
+    extra = {k: v.to(device) for k, v in tensors.items() if not k.startswith("model.")} if with_training_state else {}
     info = CheckpointInfo(meta["method"], meta["config"], meta.get("train", {}), meta.get("versions", {}), extra)
     return model.eval(), info
 

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# Numeric fields and the values they accept: (lowest, highest, lowest allowed?, highest allowed?).
+BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    **{name: (1, math.inf, True, False) for name in ("steps", "batch_size", "log_every", "eval_size",
+                                                       "hierarchy_min_nodes")},
+    **{name: (0, math.inf, True, False) for name in ("warmup_steps", "num_workers", "checkpoint_every",
+                                                       "eval_every", "seed", "weight_decay", "min_lr",
+                                                       "grad_clip")},
+    "lr": (0, math.inf, False, False),
+    "beta1": (0, 1, True, False),
+    "beta2": (0, 1, True, False),
+    "ema_momentum": (0, 1, True, True),
+}
 
 
 def opt(default: Any, help: str) -> Any:
@@ -61,9 +75,8 @@ class TrainConfig:
         check_types(self)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}; e.g. 0.25 for MCM, 0.75 for MAE")
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, bounds in BOUNDS.items():
+            check_bounds(name, getattr(self, name), *bounds)
         if self.masking not in ("random", "block", "hierarchical"):
             raise ValueError(f"unknown masking {self.masking!r}; choose random, block or hierarchical")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -73,7 +86,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML, atomically (a crash never leaves half a file)."""
+        from mcm_core.checkpoint import atomic_write_text  # lazy: the CLI's --help stays free of torch
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check_bounds(name: str, value: float, low: float, high: float, low_ok: bool, high_ok: bool) -> None:
+    """Raise a ValueError naming ``name`` and its valid range unless ``value`` lies in it (NaN never does)."""
+    above = value >= low if low_ok else value > low
+    below = value <= high if high_ok else value < high
+    if not (above and below):
+        if high == math.inf:
+            wanted = f"at least {low:g}" if low_ok else f"greater than {low:g}"
+        else:
+            wanted = f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+        default = TrainConfig.__dataclass_fields__[name].default
+        raise ValueError(f"{name} must be {wanted}, got {value}; e.g. {name}={default!r}")
 
 
 def field_types() -> dict[str, Any]:
@@ -112,7 +141,7 @@ def parse_value(name: str, text: str) -> Any:
                 raise ValueError
             return value
         return tp(text) if tp is not float else float(text)
-    except ValueError:
+    except (ValueError, yaml.YAMLError):
         raise TypeError(f"option {name!r} expects {type_name(tp)}, got {text!r}") from None
 
 
@@ -140,21 +169,43 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file or leave it out")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = read_yaml(path, path.read_text()) or {}
         if not isinstance(base, dict):
             raise TypeError(f"{path} must hold a YAML mapping of config keys, got {type(base).__name__}")
         unknown = sorted(set(base) - set(field_types()))
         if unknown:
             raise KeyError(f"{path}: unknown config key(s) {unknown}; valid keys are {sorted(field_types())}")
+        base = {key: float_from_text(key, value) for key, value in base.items()}
     typed = {}
     for key, value in (overrides or {}).items():
         head, _, sub = key.partition(".")
         if isinstance(value, str) and not sub and head in field_types():
             value = parse_value(head, value)
         elif isinstance(value, str) and sub:
-            value = yaml.safe_load(value)
+            value = read_yaml(f"--set {key}", value)
         typed[key] = value
     return TrainConfig(**merge(base, typed))
+
+
+def read_yaml(source: str | Path, text: str) -> Any:
+    """``yaml.safe_load(text)`` (plain data only: tags such as ``!!python/object`` are refused),
+    with a clear error naming ``source`` when the text is not valid YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"{source} is not valid YAML ({detail}); fix the syntax (key: value, one per line; "
+                         "quote strings with special characters)") from None
+
+
+def float_from_text(name: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such text into a float for float fields."""
+    if isinstance(value, str) and field_types().get(name) is float:
+        try:
+            return float(value)
+        except ValueError:
+            return value  # not a number: check_types names the field and its type
+    return value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

@@ -403,7 +403,7 @@ class Trainer:
 
 def fit(cfg: TrainConfig, resume: str | Path | bool | None = None, eval_fn: EvalFn | None = None,
         until: int | None = None) -> TrainResult:
-    """Train a model as ``cfg`` says.
+    """Train a model as ``cfg`` says (under torchrun: in every process, with DistributedDataParallel).
 
     Args:
         until: stop (and checkpoint) after this step instead of ``cfg.steps``; resume later.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from mcm_core.data.imageops import check_size, load_rgb
+from mcm_core.data.imageops import check_readable_dir, check_size, load_rgb
 
 CELEBA_ATTRIBUTES_DEFAULT: tuple[str, ...] = (
     "Smiling", "Male", "Young", "Eyeglasses", "Wearing_Hat", "Bangs", "Blond_Hair",
@@ -93,7 +93,7 @@ class CelebA(Dataset):
             raise ValueError(f"unknown split {split!r} for celeba; "
                              f"use one of {list(CELEBA_SPLITS)}")
         self.root = Path(os.path.expanduser(str(root))) if root is not None else default_root()
-        _require(self.root)
+        check_readable_dir(_require(self.root), "CelebA folder")
         self.image_dir = _require(self.root / "img_align_celeba")
         names, rows = read_attributes(_require(self.root / "list_attr_celeba.txt"))
         partition = read_partition(_require(self.root / "list_eval_partition.txt"))

@@ -1,6 +1,7 @@
 """Small image helpers shared by the real-data loaders (tensors in, tensors out)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,21 @@ def check_size(image_size: int) -> int:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}; "
                          "e.g. image_size=32")
     return image_size
+
+
+def check_readable_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a folder this process may list and read, else raise naming the fix.
+
+    ``what`` names the data in the message (e.g. "image folder").
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist; pass root= an existing folder")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder; pass root= the folder that holds the data")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise PermissionError(f"{what} {path} is not readable (permission denied); make it readable "
+                              f"(chmod -R u+rX {path}) or copy the data to a folder you can read")
+    return path
 
 
 def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -44,13 +60,22 @@ def load_rgb(path: str | Path, image_size: int, crop: int | None = None) -> torc
     Centre-crops a ``crop`` x ``crop`` square (default: the largest centred square; never
     larger than the image), then resizes to ``image_size`` (bilinear, antialiased).
     """
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        side = min(w, h) if crop is None else min(crop, w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-        if side != image_size:
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            side = min(w, h) if crop is None else min(crop, w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            if side != image_size:
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        raise PermissionError(f"cannot read image {path} (permission denied); make it readable "
+                              "(chmod u+r) or remove it from the data folder") from None
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow: unidentified, truncated or broken files
+        raise ValueError(f"cannot read image {path} ({error}); the file is damaged or not an image: "
+                         "replace it or remove it from the data folder") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)

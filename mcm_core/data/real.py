@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from mcm_core.data.celeba import CELEBA_ATTRIBUTES_DEFAULT, CelebA
 from mcm_core.data.idx import read_idx
-from mcm_core.data.imageops import check_size, grey_to_rgb, load_rgb, resize
+from mcm_core.data.imageops import check_readable_dir, check_size, grey_to_rgb, load_rgb, resize
 
 __all__ = [
     "FashionMNIST", "Digits", "CelebA", "ImageFolder", "FASHION_MNIST_CLASSES",
@@ -78,6 +78,8 @@ class FashionMNIST(_ClassDataset):
     def __init__(self, split: str = "train", root: str | Path | None = None,
                  image_size: int = 28) -> None:
         _check_split(split, list(_FASHION_FILES), "fashion_mnist")
+        if root is not None and Path(root).exists():
+            check_readable_dir(Path(root), "Fashion-MNIST folder")
         roots = [Path(root)] if root is not None else [Path(r) for r in FASHION_MNIST_ROOTS]
         tried: list[Path] = []
         paths = [_find_file(roots, name, tried) for name in _FASHION_FILES[split]]
@@ -141,9 +143,10 @@ class ImageFolder(Dataset):
             raise ValueError("the folder dataset needs root=<folder with your images>, "
                              "e.g. load_dataset('folder', root='~/pictures')")
         self.root = Path(os.path.expanduser(str(root)))
-        if not self.root.is_dir():
+        if not self.root.exists():
             raise FileNotFoundError(f"image folder {self.root} does not exist; "
                                     "pass root= an existing folder of png/jpg/bmp/webp images")
+        check_readable_dir(self.root, "image folder")
         self.paths = sorted((p for p in self.root.rglob("*")
                              if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
                             key=lambda p: p.relative_to(self.root).as_posix())

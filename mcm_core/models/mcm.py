@@ -88,6 +88,14 @@ class MCMConfig(MAEConfig):
             raise ValueError("disentangle_weight > 0 decodes images, which needs norm_pix_loss=False")
 
 
+def check_binary_concepts(concepts: torch.Tensor) -> None:
+    """Raise unless every value of the concept targets ``concepts`` (B, K) is 0 or 1 (reads the values back)."""
+    if not ((concepts == 0) | (concepts == 1)).all():
+        bad = sorted({round(float(v), 4) for v in concepts[(concepts != 0) & (concepts != 1)][:100].tolist()})
+        raise ValueError(f"concept targets must be 0 or 1, got values such as {bad[:3]}; threshold "
+                         "soft labels (concepts > 0.5).float() and map -1/1 labels with (labels > 0).float()")
+
+
 def concept_map(depth: int, pairing: str) -> list[tuple[int, int]]:
     """The multi-layer concept map: for each decoder layer, the two encoder layers it reads."""
     if pairing == "mirror":
@@ -276,11 +284,17 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         return loss
 
     def check_concepts(self, concepts: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Validate a (B, K) concept target and return it as float."""
+        """Validate a (B, K) concept target and return it as float.
+
+        Values are checked on CPU only: on a GPU the check would stall every step, so the
+        trainer checks the first batch instead (``mcm_core.train.check_batch``).
+        """
         expected = (batch_size, self.cfg.num_concepts)
         if tuple(concepts.shape) != expected:
             raise ValueError(f"concepts must have shape {expected} (one 0/1 value per concept), got "
                              f"{tuple(concepts.shape)}; this model was built with num_concepts={self.cfg.num_concepts}")
+        if concepts.device.type == "cpu":
+            check_binary_concepts(concepts)
         return concepts.float()
 
     def edit_states(self, edits: dict[int, int] | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -288,6 +302,9 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         if isinstance(edits, torch.Tensor):
             if tuple(edits.shape) != (batch_size, self.cfg.num_concepts):
                 raise ValueError(f"edit tensor must have shape {(batch_size, self.cfg.num_concepts)}, got {tuple(edits.shape)}")
+            if not ((edits == -1) | (edits == 0) | (edits == 1)).all():
+                raise ValueError(f"edit tensor values must be -1 (leave the concept alone), 0 or 1, got "
+                                 f"{sorted(set(edits.flatten().tolist()))[:5]}")
             return edits.to(device=device, dtype=torch.long)
         states = torch.full((batch_size, self.cfg.num_concepts), -1, dtype=torch.long, device=device)
         for index, value in edits.items():
