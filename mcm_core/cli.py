@@ -277,6 +277,20 @@ def concept_names(model: Any) -> list[str]:
     return list(names) if names else [f"concept_{i}" for i in range(model.cfg.num_concepts)]
 
 
+def predicts_concepts(model: Any) -> bool:
+    """MCM and the supervised reference give concept logits; MAE, MiCL and Latent MIM do not."""
+    return callable(getattr(model, "predict_concepts", None))
+
+
+def no_reconstruction(model: Any) -> str | None:
+    """Why reconstruction metrics do not apply to ``model``, or None when they do."""
+    if not callable(getattr(model, "forward_decoder", None)):
+        return f"no reconstruction metrics: {type(model).__name__} has no pixel decoder"
+    if getattr(model.cfg, "norm_pix_loss", False):
+        return "no reconstruction metrics: the model predicts normalized pixels (norm_pix_loss)"
+    return None
+
+
 def is_concept_model(model: Any) -> bool:
     return callable(getattr(model, "predict_concepts", None)) and callable(getattr(model, "edit", None))
 
@@ -347,12 +361,10 @@ class RunEvaluator:
         metrics: dict[str, Any] = {"split": self.split, "num_images": len(data), "notes": []}
         if self.split != "val":
             metrics["notes"].append(f"{self.cfg.dataset} has no val split; evaluated on {self.split}")
-        if callable(getattr(model, "predict_concepts", None)):  # MCM and the supervised reference
+        if predicts_concepts(model):
             metrics["concepts"] = concept_report(model, data).to_dict()
-        if not callable(getattr(model, "forward_decoder", None)):
-            metrics["notes"].append(f"no reconstruction metrics: {type(model).__name__} has no pixel decoder")
-        elif getattr(model.cfg, "norm_pix_loss", False):
-            metrics["notes"].append("no reconstruction metrics: the model predicts normalized pixels (norm_pix_loss)")
+        if (why := no_reconstruction(model)) is not None:
+            metrics["notes"].append(why)
         else:
             metrics["reconstruction"] = reconstruction_over(model, data, self.cfg.mask_ratio, self.cfg.seed)
         return metrics
@@ -471,8 +483,7 @@ def run_eval(args: argparse.Namespace) -> int:
     size = args.size if args.size is not None else int(info.train.get("config", {}).get("eval_size", 1000))
     if size < 1 or args.train_size < 1:
         raise UsageError(f"--size and --train-size must be at least 1, got {size} and {args.train_size}")
-    concept_model = is_concept_model(model)
-    if args.edit and not concept_model:
+    if args.edit and not is_concept_model(model):
         raise UsageError(f"--edit needs an MCM checkpoint; {path} holds a {info.method!r} model")
     data = limit(dataset, size)
     ratio = model.cfg.mask_ratio if args.mask_ratio is None else args.mask_ratio
@@ -483,12 +494,12 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"data: {name} {args.split}, {len(data)} images")
     metrics: dict[str, Any] = {"checkpoint": str(path), "method": info.method, "step": step, "dataset": name,
                                "split": args.split, "num_images": len(data), "notes": []}
-    if concept_model:
+    if predicts_concepts(model):
         report = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size))
         metrics["concepts"] = report.to_dict()
         print(f"\nconcepts (full images, logit > 0):\n{report.format()}\n")
-    if getattr(model.cfg, "norm_pix_loss", False):
-        metrics["notes"].append("no reconstruction metrics: the model predicts normalized pixels (norm_pix_loss)")
+    if (why := no_reconstruction(model)) is not None:
+        metrics["notes"].append(why)
     else:
         metrics["reconstruction"] = reconstruction_over(model, data, ratio, args.seed)
         rec = metrics["reconstruction"]

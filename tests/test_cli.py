@@ -250,6 +250,9 @@ def test_supervised_reference_trains_and_reports_concepts_without_reconstruction
     metrics = strict_json(run / "metrics.json")
     assert 0 <= metrics["concepts"]["macro"]["f1"] <= 1 and "reconstruction" not in metrics
     assert any("no pixel decoder" in note for note in metrics["notes"])
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--size", "8"])
+    assert code == 0, err
+    assert "concepts" in strict_json(run / "eval_shapes_test.json") and "no pixel decoder" in out
 
 
 def test_library_errors_during_training_are_clean(tmp_path, capsys):
