@@ -10,6 +10,7 @@ from mcm_core.models.registry import (
 register_model("mae")(MaskedAutoencoder)
 register_model("mcm")(MultiLayerConceptMap)
 register_model("supervised")(SupervisedConcepts)
+from mcm_core.models import micl  # noqa: E402,F401  registers "micl"
 
 __all__ = [
     "PRESETS", "BackboneConfig", "ViTEncoder", "EncoderOutput", "MAEConfig", "MaskedAutoencoder",
