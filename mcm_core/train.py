@@ -206,8 +206,8 @@ def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
 def fused_adamw_supported(device: torch.device) -> bool:
     """The fused AdamW kernel (one pass over all parameters) exists for CUDA and, since torch 2.4, CPU.
 
-    On CPU it is 4-6x faster than the per-parameter loop (about 5% of a ``tiny`` step; see
-    docs/benchmarks.md) and deterministic.
+    On CPU it replaces the per-parameter loop, which took about 5% of a single-thread ``tiny``
+    MCM step in one torch.profiler run (45 ms of 0.80 s).
     """
     if device.type == "cuda":
         return True
