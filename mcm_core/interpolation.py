@@ -1,0 +1,439 @@
+"""The test-time mask ratio: how MCM's output moves from the visible patches to the concepts.
+
+MCM fills the hidden patches from two sources: the visible patches and the concept
+tokens. With few patches hidden the output is mostly the input; with many hidden the
+concept tokens decide most of it, so an edited concept (a state embedding written into
+its token, ``model.edit``) shows up more and more. This module computes that and draws it:
+
+- **Computation** (a model in, tensors and numbers out; eval mode, no gradients, the
+  model's train/eval mode restored): :func:`interpolate` (one view: reconstruction and
+  edited reconstruction under one mask), :func:`edit_grid` (mask ratios x concept edits
+  for one image), :func:`measure_interpolation` (the measured curve over many images).
+- **Figures** (numbers in, a fresh :class:`matplotlib.figure.Figure` out, no pyplot state):
+  :func:`plot_interpolation`, :func:`plot_edit_grid`, :func:`plot_interpolation_curve`.
+
+Masks are **nested**: each image gets one noise vector ``(L,)`` and a ratio hides its
+``num_hidden(L, ratio)`` highest-noise patches, so raising the ratio only adds hidden
+patches. Moving a ratio slider then changes how much is hidden, not which patches.
+
+Concept states, one per concept: ``-1`` = keep the image's own token, ``0`` / ``1`` = write
+that state's embedding into the token (``MultiLayerConceptMap.edit``'s convention).
+
+Shapes: N or B images ``(B, 3, H, W)`` in ``[0, 1]``, K concepts, L patches, masks bool
+``(B, L)`` with ``True`` = hidden (``docs/design.md``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mcm_core.evaluate import binary_targets, check_image_batch, eval_mode, model_device
+from mcm_core.masking import num_hidden, random_mask
+from mcm_core.viz import CELL_INCHES, as_images, image_axes, mask_overlay, show_masked
+
+__all__ = [
+    "KEEP", "check_mask_ratio", "concept_states", "describe_states", "mask_noise", "nested_mask",
+    "Interpolation", "interpolate", "EditGrid", "edit_grid", "InterpolationCurve", "measure_interpolation",
+    "plot_interpolation", "plot_edit_grid", "plot_interpolation_curve",
+]
+
+KEEP = -1  # concept state: leave the image's own concept token as it is
+StatesLike = Sequence[int] | Mapping[int, int] | Tensor
+
+
+# =========================================================================== validation
+def check_mask_ratio(mask_ratio: float, what: str = "mask_ratio") -> float:
+    """Return ``mask_ratio`` as a float, or raise unless it is a number in [0, 1)."""
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, Real) or not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"{what} must be a number in [0, 1), got {mask_ratio!r}; 1 would hide every patch "
+                         "and leave the encoder nothing to see (use e.g. 0.9)")
+    return float(mask_ratio)
+
+
+def check_mcm(model: nn.Module) -> None:
+    """Raise unless ``model`` is an MCM that decodes pixels (it can be edited and reconstructed)."""
+    for name in ("apply_edits", "edit_states", "predict_concepts", "forward_encoder", "composite"):
+        if not callable(getattr(model, name, None)):
+            raise TypeError(f"{type(model).__name__} has no {name}(); mask-ratio interpolation needs an MCM "
+                            "model (build_model('mcm') or load_checkpoint of an MCM run)")
+    if getattr(model.cfg, "norm_pix_loss", False):
+        raise ValueError("this model predicts per-patch normalized pixels (norm_pix_loss=True), which cannot be "
+                         "shown as images; use an MCM trained with norm_pix_loss=False")
+
+
+def concept_states(states: StatesLike, num_concepts: int, batch_size: int) -> Tensor:
+    """Normalize concept states to a long (B, K) tensor of -1 (keep), 0 or 1.
+
+    Args:
+        states: K values for every image (``[-1, 1, -1, ...]``), ``{concept_index: 0 or 1}``
+            (the others kept), or a (B, K) tensor.
+    """
+    if isinstance(states, Mapping):
+        out = torch.full((num_concepts,), KEEP, dtype=torch.long)
+        for index, value in states.items():
+            if not 0 <= int(index) < num_concepts:
+                raise ValueError(f"concept index {index} out of range; this model has {num_concepts} concepts "
+                                 f"(indices 0 to {num_concepts - 1})")
+            out[int(index)] = int(value)
+    else:
+        out = torch.as_tensor(states).long() if not isinstance(states, Tensor) else states.long()
+    if out.ndim == 1:
+        if out.shape[0] != num_concepts:
+            raise ValueError(f"got {out.shape[0]} concept states but the model has {num_concepts} concepts; "
+                             "pass one state per concept (-1 = keep, 0 = off, 1 = on)")
+        out = out.expand(batch_size, -1)
+    if tuple(out.shape) != (batch_size, num_concepts):
+        raise ValueError(f"concept states must have shape (K,) = ({num_concepts},) or (B, K) = "
+                         f"{(batch_size, num_concepts)}, got {tuple(out.shape)}")
+    if not bool(((out >= KEEP) & (out <= 1)).all()):
+        raise ValueError("concept states must be -1 (keep), 0 (off) or 1 (on), got values "
+                         f"{sorted(set(out.unique().tolist()))}")
+    return out.clone()
+
+
+def describe_states(states: StatesLike, concept_names: Sequence[str]) -> str:
+    """``"red=1, large=0"`` for the edited concepts of one state vector (K,), or ``"no edit"``."""
+    row = concept_states(states, len(concept_names), 1)[0]
+    edits = [f"{name}={int(s)}" for name, s in zip(concept_names, row.tolist()) if s != KEEP]
+    return ", ".join(edits) if edits else "no edit"
+
+
+# =========================================================================== masks
+def mask_noise(batch_size: int, num_patches: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform noise (B, L) on the generator's device; :func:`nested_mask` turns it into masks.
+
+    Drawn exactly as ``random_mask`` draws its own, so ``nested_mask(mask_noise(B, L, g), r)``
+    equals ``random_mask(B, L, r, generator=g)`` for a generator in the same state.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand((batch_size, num_patches), generator=generator, device=device)
+
+
+def nested_mask(noise: Tensor, mask_ratio: float) -> Tensor:
+    """Bool (B, L), True = hidden: the ``num_hidden(L, mask_ratio)`` highest-noise patches of each image.
+
+    With one ``noise`` (B, L), the hidden set at a higher ratio contains the one at a lower ratio.
+    """
+    if noise.ndim != 2:
+        raise ValueError(f"noise must be (B, L), got shape {tuple(noise.shape)}; draw it with mask_noise")
+    ratio = check_mask_ratio(mask_ratio)
+    return random_mask(noise.shape[0], noise.shape[1], ratio, noise=noise, device=noise.device)
+
+
+# =========================================================================== one view
+@dataclass
+class Interpolation:
+    """One view of the interpolation: B images under one mask, without and with concept edits.
+
+    Attributes:
+        images: (B, 3, H, W) the inputs.
+        mask: bool (B, L), True = hidden.
+        reconstruction: (B, 3, H, W) visible patches from the input, hidden ones decoded.
+        edited: (B, 3, H, W) the same with the concept ``states`` written into the tokens.
+        states: long (B, K) -1 (keep), 0 or 1.
+        mask_ratio: the test-time mask ratio.
+    """
+
+    images: Tensor
+    mask: Tensor
+    reconstruction: Tensor
+    edited: Tensor
+    states: Tensor
+    mask_ratio: float
+
+
+def decode_edited(model: nn.Module, images: Tensor, encoded: Any, states: Tensor) -> Tensor:
+    """``model.edit`` from an encoder output that is already there: -> (B, 3, H, W).
+
+    Args:
+        images: (B, 3, H, W); encoded: ``model.forward_encoder(images, mask=...)``; states: long (B, K).
+    """
+    edited = replace(encoded, concepts=model.apply_edits(encoded.concepts, states))  # tokens, mask: shared
+    return model.composite(images, model.forward_decoder(edited), encoded.mask)
+
+
+def interpolate(model: nn.Module, images: Tensor, mask_ratio: float, states: StatesLike,
+                noise: Tensor) -> Interpolation:
+    """Reconstruct ``images`` at ``mask_ratio`` with and without the concept ``states``.
+
+    Args:
+        images: (B, 3, H, W) in [0, 1].
+        mask_ratio: in [0, 1): the share of patches the decoder must generate.
+        states: K states for every image (-1 keep, 0, 1), ``{index: state}``, or a (B, K) tensor.
+        noise: (B, L) from :func:`mask_noise`; the mask is ``nested_mask(noise, mask_ratio)``.
+    Returns:
+        An :class:`Interpolation` on the CPU.
+    """
+    check_mcm(model)
+    check_image_batch(images)
+    b, num_patches = images.shape[0], model.cfg.num_patches
+    if tuple(noise.shape) != (b, num_patches):
+        raise ValueError(f"noise must have shape (B, L) = {(b, num_patches)}, got {tuple(noise.shape)}; "
+                         "draw it with mask_noise(len(images), model.cfg.num_patches, generator)")
+    ratio = check_mask_ratio(mask_ratio)
+    states = concept_states(states, model.cfg.num_concepts, b)
+    device = model_device(model)
+    images, mask = images.to(device), nested_mask(noise, ratio).to(device)
+    with eval_mode(model):
+        encoded = model.forward_encoder(images, mask=mask)
+        reconstruction = model.composite(images, model.forward_decoder(encoded), mask)
+        edited = decode_edited(model, images, encoded, states.to(device))
+    return Interpolation(images.cpu(), mask.cpu(), reconstruction.cpu(), edited.cpu(), states, ratio)
+
+
+# =========================================================================== the grid
+@dataclass
+class EditGrid:
+    """One image under several mask ratios (rows) and concept edits (columns).
+
+    Attributes:
+        image: (3, H, W) the input.
+        ratios: R mask ratios; masks: bool (R, L), nested (one noise for every row).
+        labels: E names of the edits (column titles); states: long (E, K).
+        outputs: (R, E, 3, H, W) the reconstruction under each (ratio, edit).
+    """
+
+    image: Tensor
+    ratios: list[float]
+    masks: Tensor
+    labels: list[str]
+    states: Tensor
+    outputs: Tensor
+
+
+def edit_grid(model: nn.Module, image: Tensor, ratios: Sequence[float], edits: Mapping[str, StatesLike],
+              noise: Tensor) -> EditGrid:
+    """Reconstruct one image for every (mask ratio, concept edit) pair.
+
+    Args:
+        image: (3, H, W) or (1, 3, H, W).
+        ratios: R mask ratios in [0, 1).
+        edits: ``{column name: states}`` (K states or ``{index: state}``), e.g.
+            ``{"no edit": {}, "red": {3: 1, 4: 0, 5: 0}}``.
+        noise: (1, L) or (L,) from :func:`mask_noise`: every row hides a superset of the row above
+            when the ratios grow.
+    Returns:
+        An :class:`EditGrid` on the CPU.
+    """
+    image = image[None] if image.ndim == 3 else image
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"edit_grid takes one image (3, H, W) or (1, 3, H, W), got shape {tuple(image.shape)}")
+    if not ratios:
+        raise ValueError("ratios is empty; pass at least one mask ratio, e.g. [0.0, 0.5, 0.9]")
+    if not isinstance(edits, Mapping) or not edits:
+        raise ValueError("edits must be a non-empty dict {column name: concept states}, e.g. {'no edit': {}}")
+    k = model.cfg.num_concepts
+    states = torch.cat([concept_states(s, k, 1) for s in edits.values()])  # (E, K)
+    e = states.shape[0]
+    noise = noise.reshape(1, -1).expand(e, -1)  # one mask for the whole row
+    views = [interpolate(model, image.expand(e, -1, -1, -1), r, states, noise) for r in ratios]
+    return EditGrid(image[0].cpu(), [v.mask_ratio for v in views], torch.stack([v.mask[0] for v in views]),
+                    [str(label) for label in edits], states, torch.stack([v.edited for v in views]))
+
+
+# =========================================================================== the curve
+@dataclass
+class InterpolationCurve:
+    """How the output moves from the input to the concepts as the mask ratio grows (R ratios).
+
+    Attributes:
+        ratios: R test-time mask ratios.
+        input_distance: (R,) mean |reconstruction - input| per pixel value (0 = the input itself).
+        edit_distance: (R,) mean |edited - reconstruction| per pixel value: how much one concept edit
+            changes the output, averaged over the edited concepts.
+        edit_success: (R,) fraction of (image, concept) edits whose re-encoded prediction
+            (``model.predict_concepts(edited)``, nothing hidden) flips as asked.
+        edit_success_per_concept: (R, C) the same per edited concept.
+        concepts_kept: (R,) fraction of the N x K (image, concept) pairs whose true label the unedited
+            reconstruction, re-encoded with nothing hidden, still predicts.
+        concept_indices: the C edited concepts; num_images: N.
+    """
+
+    ratios: list[float]
+    input_distance: np.ndarray
+    edit_distance: np.ndarray
+    edit_success: np.ndarray
+    edit_success_per_concept: np.ndarray
+    concepts_kept: np.ndarray
+    concept_indices: list[int]
+    num_images: int
+
+
+def check_curve_inputs(model: nn.Module, images: Tensor, labels: Tensor, ratios: Sequence[float],
+                       concept_indices: Sequence[int] | None) -> tuple[Tensor, list[float], list[int]]:
+    """Validate :func:`measure_interpolation`'s inputs: -> long labels (N, K), ratios, concept indices."""
+    check_mcm(model)
+    check_image_batch(images)
+    k = model.cfg.num_concepts
+    labels = binary_targets(torch.as_tensor(labels).cpu(), "labels").long()
+    if tuple(labels.shape) != (images.shape[0], k):
+        raise ValueError(f"labels must have shape (N, K) = {(images.shape[0], k)} (the true 0/1 state of each "
+                         f"concept), got {tuple(labels.shape)}")
+    if len(ratios) == 0:
+        raise ValueError("ratios is empty; pass the mask ratios to measure, e.g. [0.0, 0.25, 0.5, 0.75, 0.9]")
+    ratios = [check_mask_ratio(r, "each ratio") for r in ratios]
+    indices = list(range(k)) if concept_indices is None else [int(i) for i in concept_indices]
+    if not indices or any(not 0 <= i < k for i in indices):
+        raise ValueError(f"concept_indices must be a non-empty list of indices in [0, {k}), got {concept_indices!r}")
+    return labels, ratios, indices
+
+
+def measure_batch(model: nn.Module, images: Tensor, labels: Tensor, mask: Tensor,
+                  indices: list[int]) -> dict[str, Tensor]:
+    """Summed measurements of one batch at one mask (see :class:`InterpolationCurve`).
+
+    Args:
+        images: (B, 3, H, W); labels: long (B, K); mask: bool (B, L).
+    Returns:
+        float sums: ``input`` and ``edit`` (absolute pixel differences), ``kept`` (correct concepts),
+        ``wins`` (C,) successful edits per concept.
+    """
+    encoded = model.forward_encoder(images, mask=mask)
+    reconstruction = model.composite(images, model.forward_decoder(encoded), mask)
+    kept = ((model.predict_concepts(reconstruction) > 0).long() == labels).sum()
+    wins, edit = [], torch.zeros(())
+    for k in indices:
+        states = torch.full_like(labels, KEEP)
+        states[:, k] = 1 - labels[:, k]  # ask for the opposite of the true state, as evaluate.edit_success_rate
+        edited = decode_edited(model, images, encoded, states)
+        wins.append(((model.predict_concepts(edited)[:, k] > 0).long() == states[:, k]).sum())
+        edit = edit + (edited - reconstruction).abs().sum().cpu()
+    return {"input": (reconstruction - images).abs().sum().cpu(), "edit": edit, "kept": kept.cpu(),
+            "wins": torch.stack(wins).cpu()}
+
+
+def measure_interpolation(model: nn.Module, images: Tensor, labels: Tensor, ratios: Sequence[float],
+                          concept_indices: Sequence[int] | None = None, generator: torch.Generator | None = None,
+                          batch_size: int = 64) -> InterpolationCurve:
+    """Measure, at every mask ratio, how far the output is from the input and how well edits take.
+
+    Each image gets one noise vector (from ``generator``) for all ratios, so the masks are
+    nested and the curve changes only through the ratio. At each ratio and for each concept
+    k in ``concept_indices``, every image is edited to the opposite of its true state of k
+    (the others kept) under that one mask; an edit succeeds when the edited image, re-encoded
+    with nothing hidden, predicts the asked state (``evaluate.edit_success_rate``'s definition:
+    for a single ratio, with all N images in one batch of each, the two give the same numbers).
+
+    Args:
+        images: (N, 3, H, W) in [0, 1]; labels: (N, K) true 0/1 concepts.
+        ratios: R mask ratios in [0, 1).
+        concept_indices: the concepts to edit (default all K); choose ones the model reads
+            reliably, or the success rate measures its reading errors too.
+        batch_size: images per forward pass (64 ran fastest on a CPU: larger batches spend time
+            in the memory allocator).
+    Returns:
+        An :class:`InterpolationCurve`.
+    """
+    labels, ratios, indices = check_curve_inputs(model, images, labels, ratios, concept_indices)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n, k = labels.shape
+    noise = mask_noise(n, model.cfg.num_patches, generator)  # (N, L): one per image, shared by every ratio
+    device = model_device(model)
+    rows = []
+    with eval_mode(model):
+        for ratio in ratios:
+            sums: dict[str, Tensor] = {}
+            for start in range(0, n, batch_size):
+                part = slice(start, start + batch_size)
+                batch = measure_batch(model, images[part].to(device), labels[part].to(device),
+                                      nested_mask(noise[part], ratio).to(device), indices)
+                sums = {key: sums.get(key, 0) + value for key, value in batch.items()}
+            rows.append(sums)
+    pixels = float(images[0].numel()) * n
+    per_concept = np.stack([r["wins"].double().numpy() / n for r in rows])  # (R, C)
+    return InterpolationCurve(
+        ratios=ratios,
+        input_distance=np.array([float(r["input"]) / pixels for r in rows]),
+        edit_distance=np.array([float(r["edit"]) / (pixels * len(indices)) for r in rows]),
+        edit_success=per_concept.mean(axis=1),
+        edit_success_per_concept=per_concept,
+        concepts_kept=np.array([float(r["kept"]) / (n * k) for r in rows]),
+        concept_indices=indices,
+        num_images=n,
+    )
+
+
+# =========================================================================== figures
+def ratio_label(mask_ratio: float, num_patches: int) -> str:
+    """``"ratio 0.75 (48/64 hidden)"``."""
+    return f"ratio {mask_ratio:.2f} ({num_hidden(num_patches, mask_ratio)}/{num_patches} hidden)"
+
+
+def plot_interpolation(view: Interpolation, patch_size: int, concept_names: Sequence[str],
+                       titles: Sequence[str] | None = None) -> Figure:
+    """Rows: input, visible patches, reconstruction, edited reconstruction; one column per image.
+
+    Args:
+        view: from :func:`interpolate`; patch_size: the model's ``cfg.patch_size``.
+        concept_names: K names (for the title that lists the edit).
+        titles: optional B column titles.
+    """
+    k = view.states.shape[1]
+    if len(concept_names) != k:
+        raise ValueError(f"got {len(concept_names)} concept names for {k} concept states; pass model.cfg.concept_names")
+    same = bool((view.states == view.states[:1]).all())
+    edit = describe_states(view.states[0], concept_names) if same else "a different edit per image"
+    fig = show_masked(view.images, view.mask, patch_size, titles=titles,
+                      reconstructions={"reconstruction": view.reconstruction, "edited": view.edited})
+    fig.suptitle(f"{ratio_label(view.mask_ratio, view.mask.shape[1])}\nedit: {edit}", fontsize=9)
+    return fig
+
+
+def plot_edit_grid(grid: EditGrid, patch_size: int, title: str | None = None) -> Figure:
+    """Rows: mask ratios; columns: the visible patches, then one reconstruction per concept edit."""
+    r, e = grid.outputs.shape[:2]
+    visible = mask_overlay(grid.image[None].expand(r, -1, -1, -1), grid.masks, patch_size)  # (R, H, W, 3)
+    outputs = as_images(grid.outputs.reshape(r * e, *grid.outputs.shape[2:]), "grid outputs")
+    fig = Figure(figsize=(CELL_INCHES * (e + 1) + 1.0, CELL_INCHES * r + 0.9), layout="constrained")
+    axes = image_axes(fig, r, e + 1)
+    for i in range(r):
+        axes[i, 0].imshow(visible[i], interpolation="nearest")
+        axes[i, 0].text(-0.08, 0.5, ratio_label(grid.ratios[i], grid.masks.shape[1]).replace(" (", "\n("),
+                        transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+        for j in range(e):
+            axes[i, j + 1].imshow(outputs[i * e + j], interpolation="nearest")
+    for j, label in enumerate(["visible"] + grid.labels):
+        axes[0, j].set_title(label, fontsize=8)
+    fig.suptitle(title or "mask ratio (rows) x concept edit (columns)", fontsize=10)
+    return fig
+
+
+def plot_interpolation_curve(curve: InterpolationCurve, concept_names: Sequence[str]) -> Figure:
+    """Two axes against the mask ratio: pixel distances, and edit success / concepts kept.
+
+    Args:
+        curve: from :func:`measure_interpolation`; concept_names: all K names.
+    """
+    if max(curve.concept_indices) >= len(concept_names):
+        raise ValueError(f"got {len(concept_names)} concept names but the curve edits concept "
+                         f"{max(curve.concept_indices)}; pass all K names (model.cfg.concept_names)")
+    x = np.asarray(curve.ratios)
+    fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.plot(x, curve.input_distance, "o-", color="C0", label="reconstruction vs input")
+    left.plot(x, curve.edit_distance, "s-", color="C3", label="edited vs reconstruction")
+    left.set(xlabel="test-time mask ratio", ylabel="mean |difference| per pixel value",
+             title="how far the output moves", ylim=(0, None))
+    left.legend(fontsize=8, loc="upper left")
+    for c, index in enumerate(curve.concept_indices):
+        right.plot(x, curve.edit_success_per_concept[:, c], color=f"C{c % 10}", alpha=0.45, linewidth=1,
+                   label=concept_names[index])
+    right.plot(x, curve.edit_success, "o-", color="black", linewidth=2.5, label="edit success (mean)")
+    right.plot(x, curve.concepts_kept, "s--", color="grey", linewidth=1.5, label="concepts kept (no edit)")
+    right.set(xlabel="test-time mask ratio", ylabel="rate (of edits, of true labels)", ylim=(0, 1.02),
+              title="edit success and concepts kept")
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"MCM at test time, {curve.num_images} test images; edits flip one concept to its opposite state",
+                 fontsize=10)
+    return fig
