@@ -11,6 +11,7 @@ register_model("mae")(MaskedAutoencoder)
 register_model("mcm")(MultiLayerConceptMap)
 register_model("supervised")(SupervisedConcepts)
 from mcm_core.models import micl  # noqa: E402,F401  registers "micl"
+from mcm_core.models import latent_mim  # noqa: E402,F401  registers "latent_mim"
 
 __all__ = [
     "PRESETS", "BackboneConfig", "ViTEncoder", "EncoderOutput", "MAEConfig", "MaskedAutoencoder",

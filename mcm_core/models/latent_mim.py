@@ -1,0 +1,488 @@
+"""Latent MIM: masked image modeling in latent space (paper 002), as specified in METHODS.md section 4.
+
+An online encoder (the backbone's ``ViTEncoder``) reads the visible patches; a projector
+MLP maps every token. A decoder predicts, at each hidden position, the latent that a
+**target encoder** gives that hidden patch. The target encoder is an EMA copy of the
+online encoder that sees **only the hidden patches**, so its latents carry nothing from
+the visible context. The loss is a **patch-level InfoNCE within each image**: every
+prediction must pick its own target among the image's hidden-patch targets.
+
+Stages (MAE vocabulary): ``forward_encoder`` (online, visible patches), ``forward_target``
+(EMA encoder, hidden patches), ``forward_latent_decoder`` (cross-attention decoder with
+visual-cue queries), ``forward_loss``; ``after_step(progress)`` moves the EMA. The decoder
+stage is not called ``forward_decoder``: in this package that name promises pixels
+(B, L, p*p*3), and the CLI and ``evaluate.reconstruction_metrics`` look for it.
+
+The paper's point is four ways this set-up collapses or learns nothing; each is a switch:
+
+- ``target="online"``: no EMA, the online encoder also makes the targets and gets their
+  gradient (joint online/target optimization); ``"stopgrad"``: the online encoder's
+  current weights without gradient.
+- ``loss="mse"``: plain regression of the target latents (a constant latent solves it).
+- a low ``mask_ratio``: hidden patches sit next to visible ones and are predicted by copying.
+- ``decoder="mae"``: MAE's decoder (mask tokens among the visible latents, self-attention only).
+
+Collapse monitors are returned in ``losses`` every step (so the trainer's history holds
+them): mean pairwise cosine of target, prediction and visible tokens, the effective rank
+of target and visible tokens, and the share of the target variance that patch position
+alone explains. They are batched, detached and never read back here. Measured at the
+tiny preset (notebook 06): latent MSE collapses to one direction (cosine and rank -> 1);
+without the EMA the InfoNCE is solved by position, the targets becoming a position code
+(position share -> 1) -- the within-image negatives all sit at other positions.
+
+Our choices (METHODS.md leaves them open; each is a switch):
+
+- **visual cue**: the weights of the "position-weighted average of the visible latents" are
+  a softmax of ``-d^2 / (2 cue_sigma^2)`` over the grid distance ``d`` (in patches) from the
+  query to each visible patch (``visual_cue=False``: the mask token and position only).
+- **similarity regularizer** (off by default): ``sim_reg_weight x (s - s*(t))^2`` where ``s`` is
+  the mean pairwise cosine of each image's *visible* online tokens and the target ``s*(t)``
+  decays on a cosine from ``sim_reg_start`` (0.75) to ``sim_reg_end`` (0.25) over training.
+- **effective rank**: the participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues ``l``
+  of the L2-normalized tokens' Gram matrix: 1 when all tokens are parallel, up to ``D``.
+  It needs no eigendecomposition, so it never synchronizes a GPU.
+- **patch gaps** (off by default at this scale): with ``patch_gap=g`` the image is resized to
+  ``grid x (p + g)`` pixels and each ``p x p`` patch is cropped at a random offset inside its
+  ``(p + g)``-pixel cell, so neighbouring patches do not share borders. Frozen features are
+  read from plain images.
+- ``loss="mse"`` regresses the raw target latents with the raw predictions (no
+  standardization, no normalization): the naive latent regression the paper warns about.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+
+from mcm_core.masking import ids_from_mask, num_hidden, random_mask
+from mcm_core.models.backbone import (
+    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, sincos_pos_embed,
+)
+from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput
+from mcm_core.models.mcm import ConceptDecoderBlock
+from mcm_core.models.registry import register_model
+
+TARGETS = ("ema", "online", "stopgrad")
+LOSSES = ("infonce", "mse")
+DECODERS = ("cross", "mae")
+
+
+@dataclass
+class LatentMIMConfig(BackboneConfig):
+    """Latent MIM settings on top of the backbone sizes.
+
+    The decoder takes the preset's decoder sizes: ``tiny`` has the paper's depth 3 (64 wide);
+    ``base`` has MAE's 8 x 512, so pass ``decoder_depth=3`` for the paper's ViT-B decoder.
+
+    Args:
+        mask_ratio: fraction of patches hidden (the paper: about 0.9 at 196 patches). At the tiny
+            preset's 64 patches, 0.75 leaves 16 visible. At least 2 patches must be hidden.
+        target: ``ema`` (the recipe), ``online`` (no EMA: the online encoder makes the targets and
+            gets their gradient) or ``stopgrad`` (online weights, no gradient through the targets).
+        momentum, momentum_end: the EMA momentum follows a cosine from ``momentum`` (0.99) at the
+            start to ``momentum_end`` (1.0) at the end of training.
+        loss: ``infonce`` (the recipe) or ``mse`` (regress the raw target latents).
+        tau: InfoNCE temperature (paper 0.2); the loss is scaled by ``2 * tau``.
+        standardize: standardize each image's predictions over its tokens before the InfoNCE.
+        decoder: ``cross`` (queries at hidden positions self-attend, then cross-attend to the
+            visible latents) or ``mae`` (MAE's decoder: mask tokens among the visible latents).
+        visual_cue: add the position-weighted average of the visible latents to each query.
+        cue_sigma: width, in patches, of the visual cue's Gaussian position weights.
+        sim_reg_weight: weight of the similarity regularizer (0 = off); its target decays from
+            ``sim_reg_start`` to ``sim_reg_end``.
+        patch_gap: pixels of gap between neighbouring patches during training (0 = off).
+    """
+
+    mask_ratio: float = 0.75
+    target: str = "ema"
+    momentum: float = 0.99
+    momentum_end: float = 1.0
+    loss: str = "infonce"
+    tau: float = 0.2
+    standardize: bool = True
+    decoder: str = "cross"
+    visual_cue: bool = True
+    cue_sigma: float = 1.0
+    sim_reg_weight: float = 0.0
+    sim_reg_start: float = 0.75
+    sim_reg_end: float = 0.25
+    patch_gap: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, value, choices in (("target", self.target, TARGETS), ("loss", self.loss, LOSSES),
+                                     ("decoder", self.decoder, DECODERS)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+        if not 0.0 <= self.momentum <= self.momentum_end <= 1.0:
+            raise ValueError(f"EMA momentum must satisfy 0 <= momentum <= momentum_end <= 1, got "
+                             f"momentum={self.momentum}, momentum_end={self.momentum_end}; the paper uses 0.99 -> 1")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}; the paper uses 0.2")
+        if not self.cue_sigma > 0:
+            raise ValueError(f"cue_sigma must be > 0 (patches), got {self.cue_sigma}; e.g. 1.0")
+        if self.sim_reg_weight < 0:
+            raise ValueError(f"sim_reg_weight must be >= 0 (0 = off), got {self.sim_reg_weight}")
+        if int(self.patch_gap) != self.patch_gap or self.patch_gap < 0:
+            raise ValueError(f"patch_gap must be a non-negative int (pixels), got {self.patch_gap!r}; 0 = off")
+        check_hidden_count(num_hidden(self.num_patches, self.mask_ratio), self.num_patches, self.mask_ratio)
+
+
+def check_hidden_count(hidden: int, num_patches: int, mask_ratio: float | str) -> None:
+    """Raise unless at least 2 patches are hidden: each prediction needs another image patch to beat."""
+    if hidden < 2:
+        raise ValueError(f"Latent MIM predicts hidden patches and contrasts them within the image, so at least 2 "
+                         f"of the {num_patches} patches must be hidden; mask_ratio={mask_ratio} hides {hidden}. "
+                         f"Use mask_ratio >= {2 / num_patches:.3g}, e.g. 0.75")
+
+
+# ---------------------------------------------------------------------- schedules
+def ema_momentum(progress: float, start: float, end: float = 1.0) -> float:
+    """Cosine momentum schedule: ``start`` at progress 0, ``end`` at progress 1 (BYOL's form)."""
+    progress = min(max(float(progress), 0.0), 1.0)
+    return end - (end - start) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def similarity_target(progress: torch.Tensor, start: float, end: float) -> torch.Tensor:
+    """The regularizer's target mean similarity: a cosine from ``start`` to ``end`` (tensor in, tensor out)."""
+    return end + (start - end) * 0.5 * (1 + torch.cos(math.pi * progress.clamp(0, 1)))
+
+
+# ---------------------------------------------------------------------- loss and monitors
+def standardize_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Zero mean, unit variance per channel over each image's tokens: (B, N, D) -> (B, N, D)."""
+    mean, var = x.mean(dim=1, keepdim=True), x.var(dim=1, unbiased=False, keepdim=True)
+    return (x - mean) / (var + eps).sqrt()
+
+
+def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
+                   standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch-level InfoNCE within each image, scaled by ``2 * tau``.
+
+    Row ``i`` of ``pred`` must pick row ``i`` of ``target`` among the ``N`` targets of the same
+    image (the other hidden patches are the negatives).
+
+    Args:
+        pred, target: (B, N, D), N >= 2 hidden patches per image.
+    Returns:
+        The loss (float32 scalar; exactly ``2 * tau * ln N`` when all targets of an image are
+        equal) and the detached fraction of predictions whose most similar target is their own.
+    """
+    # Why: float32 with autocast off, so bf16 rounding does not blur logits scaled by 1 / tau.
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = pred.float(), target.float()
+        if standardize:
+            pred = standardize_tokens(pred)
+        logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).transpose(1, 2) / tau  # (B, N, N)
+        labels = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)  # (B, N)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten()) * 2 * tau
+    accuracy = (logits.detach().argmax(dim=-1) == labels).float().mean()
+    return loss, accuracy
+
+
+def latent_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of raw latents: (B, N, D) x 2 -> float32 scalar."""
+    with torch.autocast(pred.device.type, enabled=False):
+        return F.mse_loss(pred.float(), target.float())
+
+
+def mean_pairwise_cosine(tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the pairs of distinct tokens of each image, averaged over images: (B, N, D) -> scalar.
+
+    Uses ``sum_{i != j} <u_i, u_j> = |sum_i u_i|^2 - N`` for unit vectors ``u``: O(N D), no N x N matrix.
+    """
+    n = tokens.shape[1]
+    u = F.normalize(tokens.float(), dim=-1)
+    return ((u.sum(dim=1).pow(2).sum(dim=-1) - n) / (n * (n - 1))).mean()
+
+
+def effective_rank(tokens: torch.Tensor) -> torch.Tensor:
+    """Participation ratio of the L2-normalized tokens, all images pooled: (B, N, D) -> scalar in [1, D].
+
+    With ``U`` the (M, D) unit rows and ``l`` the eigenvalues of ``U^T U``:
+    ``(sum l)^2 / sum l^2 = M^2 / |U^T U|_F^2`` -- 1 when every token points the same way,
+    ``D`` when they spread evenly over ``D`` orthogonal directions.
+    """
+    u = F.normalize(tokens.float().flatten(0, 1), dim=-1)  # (M, D)
+    gram = u.T @ u  # (D, D)
+    return u.shape[0] ** 2 / gram.pow(2).sum()
+
+
+def position_share(tokens: torch.Tensor, ids: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Share of the tokens' variance that their patch position alone explains: (B, N, D), (B, N) -> scalar in [0, 1].
+
+    Between-position variance (of the per-position means over the batch) over the total variance.
+    Near 1: the tokens say *where* a patch is, not *what* it shows -- the same at a position in
+    every image, a collapse that InfoNCE can reach through the position embeddings. With few
+    images per position the estimate has a small positive bias (about ``L / (B N)``).
+    """
+    t = tokens.float().flatten(0, 1)  # (B N, D)
+    flat = ids.flatten()
+    sums = t.new_zeros(num_patches, t.shape[1]).index_add_(0, flat, t)
+    counts = t.new_zeros(num_patches).index_add_(0, flat, torch.ones_like(flat, dtype=t.dtype))
+    means = sums / counts.clamp(min=1)[:, None]  # (L, D): mean token of each position over the batch
+    centre = t.mean(dim=0)
+    between = (means[flat] - centre).pow(2).sum()
+    return between / (t - centre).pow(2).sum().clamp(min=1e-12)
+
+
+def collapse_monitors(target: torch.Tensor, pred: torch.Tensor, visible: torch.Tensor,
+                      ids_hidden: torch.Tensor, num_patches: int) -> dict[str, torch.Tensor]:
+    """Detached collapse monitors of one step.
+
+    Args:
+        target: (B, N_h, D) target latents; pred: (B, N_h, D) raw predictions; visible: (B, N_v, D)
+            online encoder tokens of the visible patches; ids_hidden: (B, N_h) hidden patch indices.
+    Returns:
+        ``cos_target``, ``cos_pred``, ``cos_visible`` (mean pairwise cosine within each image),
+        ``erank_target``, ``erank_visible`` (effective rank over the batch's tokens) and
+        ``pos_share_target`` (share of the target variance explained by patch position).
+    """
+    with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
+        out = {"cos_target": mean_pairwise_cosine(target), "cos_pred": mean_pairwise_cosine(pred),
+               "erank_target": effective_rank(target), "erank_visible": effective_rank(visible),
+               "pos_share_target": position_share(target, ids_hidden, num_patches)}
+        if visible.shape[1] > 1:  # a single visible patch has no pair
+            out["cos_visible"] = mean_pairwise_cosine(visible)
+    return out
+
+
+# ---------------------------------------------------------------------- patch gaps and the visual cue
+def gap_patches(images: torch.Tensor, patch_size: int, gap: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Patches cropped with gaps between them, tiled back into an image: (B, C, H, W) -> (B, C, H, W).
+
+    The image is resized to ``grid x (patch_size + gap)`` pixels; each patch is the
+    ``patch_size``-pixel square at a random offset in ``[0, gap]`` (rows and columns drawn
+    separately, per image and patch) inside its cell. ``gap=0`` returns ``images`` unchanged.
+    """
+    if gap == 0:
+        return images
+    b, c, h, w = images.shape
+    gh, gw, cell = h // patch_size, w // patch_size, patch_size + gap
+    big = F.interpolate(images, size=(gh * cell, gw * cell), mode="bilinear", align_corners=False)
+    draw_on = generator.device if generator is not None else images.device
+    offsets = torch.randint(0, gap + 1, (2, b, gh, gw), generator=generator, device=draw_on).to(images.device)
+    within = torch.arange(patch_size, device=images.device)
+    # Pixel rows/cols of every patch: (B, gh, gw, p) each; cell start + random offset + position in the patch.
+    rows = (torch.arange(gh, device=images.device)[:, None] * cell)[None, :, None] + offsets[0, ..., None] + within
+    cols = (torch.arange(gw, device=images.device)[:, None] * cell)[None, None] + offsets[1, ..., None] + within
+    flat = rows[..., :, None] * (gw * cell) + cols[..., None, :]  # (B, gh, gw, p, p) indices into the big image
+    flat = flat.permute(0, 1, 3, 2, 4).reshape(b, 1, h * w)  # row-major (gh, p, gw, p) = the output's pixel order
+    return torch.gather(big.flatten(2), 2, flat.expand(-1, c, -1)).view(b, c, h, w)
+
+
+def patch_coords(ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Row/column of patch indices: long (B, N) -> float (B, N, 2)."""
+    return torch.stack([ids // grid[1], ids % grid[1]], dim=-1).float()
+
+
+def visual_cue(context: torch.Tensor, ids_keep: torch.Tensor, ids_hidden: torch.Tensor,
+               grid: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Position-weighted average of the visible latents at every hidden position.
+
+    Args:
+        context: (B, N_v, D) visible latents; ids_keep: (B, N_v); ids_hidden: (B, N_h).
+    Returns:
+        (B, N_h, D): for each hidden patch, the visible latents weighted by
+        ``softmax(-d^2 / (2 sigma^2))`` of their grid distance ``d``.
+    """
+    dist2 = torch.cdist(patch_coords(ids_hidden, grid), patch_coords(ids_keep, grid)).pow(2)  # (B, N_h, N_v)
+    weights = torch.softmax(-dist2 / (2 * sigma ** 2), dim=-1).to(context.dtype)
+    return weights @ context
+
+
+def hidden_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
+    """Indices of the hidden patches in ascending order: bool (B, L) -> long (B, N_h)."""
+    # Why: a stable sort of 0 (visible) / 1 (hidden) keys lists the hidden patches last, in image order.
+    return torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices[:, num_visible:]
+
+
+# ---------------------------------------------------------------------- the model
+@register_model("latent_mim")
+class LatentMIM(nn.Module):
+    """Latent MIM: online encoder + projector on visible patches, EMA target on hidden patches, patch InfoNCE."""
+
+    config_class = LatentMIMConfig
+
+    def __init__(self, cfg: LatentMIMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, d_dec = cfg.embed_dim, cfg.decoder_embed_dim
+        self.encoder = ViTEncoder(cfg)
+        self.projector = Mlp(in_features=d, hidden_features=int(d * cfg.mlp_ratio), out_features=d)
+        # The target encoder exists only with an EMA; "online" / "stopgrad" reuse self.encoder.
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if cfg.target == "ema" else None
+        self.decoder_embed = nn.Linear(d, d_dec)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d_dec))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(d_dec, cfg.grid)[None], persistent=False)
+        if cfg.decoder == "cross":  # the layer MCM's decoder uses: self-attention, cross-attention, MLP
+            self.context_norm = nn.LayerNorm(d_dec, eps=1e-6)
+            self.decoder_blocks = nn.ModuleList(ConceptDecoderBlock(d_dec, cfg.decoder_num_heads, cfg.mlp_ratio)
+                                                for _ in range(cfg.decoder_depth))
+        else:
+            self.decoder_blocks = make_blocks(d_dec, cfg.decoder_depth, cfg.decoder_num_heads, cfg.mlp_ratio)
+        self.decoder_norm = nn.LayerNorm(d_dec, eps=1e-6)
+        self.decoder_pred = nn.Linear(d_dec, d)  # predicts a latent of the target encoder's width
+        # Training progress in [0, 1] (set by after_step): drives the momentum and the regularizer target.
+        self.register_buffer("progress", torch.zeros(()))
+        for module in (self.projector, self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(init_weights)  # MAE's initialisation; the encoder has its own
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def scheduled_momentum(self) -> torch.Tensor:
+        """The EMA momentum at the current progress, as a device scalar (read without a host sync)."""
+        end, start = self.cfg.momentum_end, self.cfg.momentum
+        return end - (end - start) * 0.5 * (1 + torch.cos(math.pi * self.progress))
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """Called by the trainer after each optimizer step: record ``progress`` in (0, 1], move the EMA.
+
+        target <- m * target + (1 - m) * online, with ``m = ema_momentum(progress)``.
+        """
+        self.progress.fill_(progress)
+        if self.target_encoder is not None:
+            m = ema_momentum(progress, self.cfg.momentum, self.cfg.momentum_end)
+            torch._foreach_lerp_(list(self.target_encoder.parameters()), list(self.encoder.parameters()), 1 - m)
+
+    # ------------------------------------------------------------------ masking
+    def resolve_mask(self, images: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+        """The given mask (validated) or MAE's random mask at ``mask_ratio``: bool (B, L), True = hidden."""
+        if mask is None:
+            ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+            check_hidden_count(num_hidden(self.cfg.num_patches, ratio), self.cfg.num_patches, ratio)
+            return random_mask(images.shape[0], self.cfg.num_patches, ratio, generator=generator, device=images.device)
+        expected = (images.shape[0], self.cfg.num_patches)
+        if mask.dtype != torch.bool or tuple(mask.shape) != expected:
+            raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got "
+                             f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
+        return mask.to(images.device)
+
+    # ------------------------------------------------------------------ stages
+    def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
+        """Online encoder on the visible patches, then the projector.
+
+        Args:
+            images: (B, 3, H, W); mask: bool (B, L), True = hidden.
+        Returns:
+            ``EncoderOutput`` whose ``tokens`` are the projected latents (B, 1 + N_vis, D), and the
+            encoder's own visible patch tokens (B, N_vis, D) (before the projector; for the monitors).
+        """
+        ids_keep, ids_restore = ids_from_mask(mask)
+        check_hidden_count(mask.shape[1] - ids_keep.shape[1], self.cfg.num_patches, "of the given mask")
+        encoded = self.encoder.forward_tokens(gather_tokens(self.encoder.embed(images), ids_keep))  # (B, 1 + N_vis, D)
+        return EncoderOutput(self.projector(encoded), mask, ids_keep, ids_restore), encoded[:, 1:]
+
+    def forward_target(self, images: torch.Tensor, ids_hidden: torch.Tensor) -> torch.Tensor:
+        """Target latents of the hidden patches, computed from the hidden patches alone: -> (B, N_h, D).
+
+        Args:
+            images: (B, 3, H, W); ids_hidden: (B, N_h) hidden patch indices.
+        ``target="ema"`` and ``"stopgrad"`` give no gradient; ``"online"`` sends the loss's gradient
+        through the targets into the online encoder.
+        """
+        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.target == "online"):
+            hidden = gather_tokens(encoder.embed(images), ids_hidden)  # (B, N_h, D), positions added
+            return encoder.forward_tokens(hidden)[:, 1:]
+
+    def decoder_context(self, encoded: EncoderOutput) -> torch.Tensor:
+        """Visible latents at decoder width with their positions: (B, 1 + N_vis, D_dec) (CLS first)."""
+        x = self.decoder_embed(encoded.tokens)
+        pos = torch.cat([self.decoder_pos_embed[:, :1].expand(x.shape[0], -1, -1),
+                         gather_tokens(self.decoder_pos_embed[:, 1:].expand(x.shape[0], -1, -1), encoded.ids_keep)],
+                        dim=1)
+        return x + pos
+
+    def forward_latent_decoder(self, encoded: EncoderOutput, ids_hidden: torch.Tensor) -> torch.Tensor:
+        """Predict the target latent of every hidden patch: -> (B, N_h, D)."""
+        if self.cfg.decoder == "mae":
+            # MAE's decoder input (mask tokens un-shuffled among the visible latents), read at the hidden patches.
+            x = MaskedAutoencoder.decoder_input(self, encoded)  # (B, 1 + L, D_dec)
+            for block in self.decoder_blocks:
+                x = block(x)
+            return self.decoder_pred(self.decoder_norm(gather_tokens(x[:, 1:], ids_hidden)))
+        context = self.decoder_context(encoded)  # (B, 1 + N_vis, D_dec)
+        b = context.shape[0]
+        queries = self.mask_token + gather_tokens(self.decoder_pos_embed[:, 1:].expand(b, -1, -1), ids_hidden)
+        if self.cfg.visual_cue:
+            queries = queries + visual_cue(context[:, 1:], encoded.ids_keep, ids_hidden, self.cfg.grid,
+                                           self.cfg.cue_sigma)
+        context = self.context_norm(context)  # keys/values: visible latents, never updated
+        for block in self.decoder_blocks:
+            queries = block(queries, context)[0]
+        return self.decoder_pred(self.decoder_norm(queries))
+
+    def forward_loss(self, pred: torch.Tensor, target: torch.Tensor,
+                     visible: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss and its named terms.
+
+        Args:
+            pred, target: (B, N_h, D); visible: (B, N_vis, D) online tokens (for the regularizer).
+        """
+        if self.cfg.loss == "infonce":
+            loss, accuracy = patch_info_nce(pred, target, self.cfg.tau, self.cfg.standardize)
+            terms = {"infonce": loss.detach(), "patch_acc": accuracy}
+        else:
+            loss = latent_mse(pred, target)
+            terms = {"mse": loss.detach()}
+        if self.cfg.sim_reg_weight > 0 and visible.shape[1] > 1:
+            goal = similarity_target(self.progress, self.cfg.sim_reg_start, self.cfg.sim_reg_end)
+            with torch.autocast(visible.device.type, enabled=False):
+                reg = (mean_pairwise_cosine(visible) - goal).pow(2)
+            loss = loss + self.cfg.sim_reg_weight * reg
+            terms["sim_reg"] = reg.detach()
+        return loss, terms
+
+    def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
+                concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> ModelOutput:
+        """Encode the visible patches, predict the hidden patches' target latents, score.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; mask: optional bool (B, L), True = hidden (else a random
+                mask at ``mask_ratio`` from ``generator``); generator: also draws the patch-gap offsets.
+            concepts: accepted for a uniform interface and unused.
+        Returns:
+            ``ModelOutput`` with ``mask`` and ``losses``: the loss term (``infonce`` with
+            ``patch_acc``, or ``mse``), the collapse monitors (see ``collapse_monitors``) and, with
+            an EMA target, ``momentum`` (the schedule's value at the progress reached before this step).
+        """
+        check_images(images, self.cfg)
+        mask = self.resolve_mask(images, mask_ratio, generator, mask)
+        images = gap_patches(images, self.cfg.patch_size, self.cfg.patch_gap, generator)  # one draw for both encoders
+        encoded, visible = self.forward_encoder(images, mask)
+        ids_hidden = hidden_ids(mask, encoded.ids_keep.shape[1])
+        target = self.forward_target(images, ids_hidden)
+        pred = self.forward_latent_decoder(encoded, ids_hidden)
+        loss, terms = self.forward_loss(pred, target, visible)
+        terms.update(collapse_monitors(target, pred, visible, ids_hidden, self.cfg.num_patches))
+        if self.target_encoder is not None:
+            terms["momentum"] = self.scheduled_momentum()
+        return ModelOutput(loss=loss, losses=terms, mask=mask)
+
+    # ------------------------------------------------------------------ analysis
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen features of the online encoder on full images: (B, 3, H, W) -> (B, D) (``cls`` or ``mean``)."""
+        check_images(images, self.cfg)
+        tokens = self.encoder.forward_features(images)
+        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Online encoder's patch tokens of full images, for per-image clustering: (B, 3, H, W) -> (B, L, D)."""
+        check_images(images, self.cfg)
+        return self.encoder.forward_features(images)[:, 1:]
+
+
+__all__ = [
+    "LatentMIMConfig", "LatentMIM", "patch_info_nce", "latent_mse", "standardize_tokens", "mean_pairwise_cosine",
+    "effective_rank", "position_share", "collapse_monitors", "ema_momentum", "similarity_target", "gap_patches",
+    "visual_cue", "hidden_ids",
+]
