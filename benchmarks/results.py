@@ -2,7 +2,8 @@
 
 Trains every configuration below at the same step budget on this machine, evaluates it
 on held-out images, appends one JSON line per run to ``<out>/results.jsonl`` as soon as the
-run ends (nothing is lost if a later run fails), and writes the tables to ``docs/results.md``.
+run ends (nothing is lost if a later run fails), and writes the tables into their generated
+section of ``docs/results.md`` (the page's hand-written analysis is kept; ``benchmarks/report.py``).
 
     python benchmarks/results.py                       # the full study (about 30 min on 2 cores)
     python benchmarks/results.py --steps 3 --quick     # a smoke run of the whole pipeline
@@ -14,21 +15,25 @@ import argparse
 import datetime as dt
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from mcm_core.checkpoint import atomic_write_text, package_versions
-from mcm_core.config import TrainConfig
-from mcm_core.data import load_dataset
-from mcm_core.evaluate import (
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks.report`` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import replace_section  # noqa: E402
+from mcm_core.checkpoint import package_versions  # noqa: E402
+from mcm_core.config import TrainConfig  # noqa: E402
+from mcm_core.data import load_dataset  # noqa: E402
+from mcm_core.evaluate import (  # noqa: E402
     concept_metrics, count_flops, edit_success_rate, extract_features, linear_probe, predict_concepts,
     training_flops_per_image,
 )
-from mcm_core.train import Trainer, training_data
-
-ROOT = Path(__file__).resolve().parents[1]
+from mcm_core.train import Trainer, training_data  # noqa: E402
 
 SHAPES_RUNS = [
     ("MCM, mask 0", dict(method="mcm", mask_ratio=0.0)),
@@ -61,7 +66,7 @@ def flops_per_step(trainer: Trainer, batch_size: int) -> float:
     concepts = targets.float() if trainer.is_concept_model else None
     per_image = training_flops_per_image(model, images, cfg.mask_ratio, concepts=concepts)
     if trainer.ema is not None:
-        per_image += count_flops(lambda: trainer.ema.patch_affinity(images)) / images.shape[0]
+        per_image += count_flops(lambda: trainer.ema.patch_affinity(images, kind=cfg.hierarchy_affinity)) / images.shape[0]
     return per_image * batch_size
 
 
@@ -140,7 +145,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, path:
     fashion = [r for r in rows if r["dataset"] == "fashion_mnist"]
     base = next((r for r in shapes if r["run"] == "MCM, mask 0"), None)
     lines = [
-        "# Results: concepts from masked images, measured",
+        "## The MCM claim: tables",
         "",
         f"Produced by `{command}` on {dt.date.today().isoformat()}, on {machine()} "
         f"(torch {torch.__version__}). Every run: `tiny` preset (32 px, patch 4, width 128, depth 6, "
@@ -149,7 +154,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, path:
         "plus the EMA-encoder pass of the hierarchical masker. Wall-clock is the training loop only; "
         "step times on this machine vary by about 15% between identical runs.",
         "",
-        "## Built-in shapes data (13 concepts, held-out test split)",
+        "### Built-in shapes data (13 concepts, held-out test split)",
         "",
         "| run | macro-F1 | edit success (mask 0.75) | wall-clock (s) | training TFLOP | FLOPs vs MCM mask 0 |",
         "|---|---|---|---|---|---|",
@@ -160,14 +165,14 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, path:
                      f"{r['train_tflop']:.2f} | {fmt(ratio, 2)} |")
     lines += ["", "MAE's macro-F1 is a linear probe (one logistic regression per concept) on its frozen CLS "
               "features from 5,000 training images.", "",
-              "## Fashion-MNIST (10 classes as one-hot concepts, 10,000 test images)", "",
+              "### Fashion-MNIST (10 classes as one-hot concepts, 10,000 test images)", "",
               "| run | test accuracy | macro-F1 | wall-clock (s) | training TFLOP |", "|---|---|---|---|---|"]
     for r in fashion:
         tflop = f"{r['train_tflop']:.2f}" if "train_tflop" in r else "-"
         lines.append(f"| {r['run']} | {fmt(r.get('accuracy'))} | {fmt(r.get('macro_f1'))} | {r['wall_s']} | {tflop} |")
-    lines += ["", "## Targets", "", *targets_section(shapes, fashion, base), ""]
-    lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items() if k != "platform"), ""]
-    atomic_write_text(path, "\n".join(lines))
+    lines += ["", "### Targets", "", *targets_section(shapes, fashion, base), ""]
+    lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items() if k != "platform")]
+    replace_section(path, "results", lines)
 
 
 def targets_section(shapes: list[dict], fashion: list[dict], base: dict | None) -> list[str]:

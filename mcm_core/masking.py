@@ -323,8 +323,8 @@ def build_tree(affinity: Tensor, grid: Sequence[int], adjacency: bool = True) ->
     ``(p, q)`` (row-major), so for equal scores the lowest-numbered patches merge first.
 
     Args:
-        affinity: float (B, L, L), higher = more similar (e.g. attention summed over
-            layers and heads).
+        affinity: float (B, L, L), higher = more similar (e.g. the cosine of the patch
+            tokens, or attention summed over layers and heads).
         grid: (gh, gw) with ``gh * gw = L``.
         adjacency: restrict merges to spatially adjacent groups.
     Returns:

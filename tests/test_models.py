@@ -279,10 +279,17 @@ def test_features_and_affinity(images):
     model = make("mae")
     assert model.features(images).shape == (B, 128)
     assert model.features(images, pool="mean").shape == (B, 128)
-    affinity = model.encoder.patch_affinity(images)
+    affinity = model.encoder.patch_affinity(images, kind="attention")
     assert affinity.shape == (B, 64, 64)
     # rows of each softmax sum to 1 over 65 tokens; dropping CLS leaves at most depth*heads
     assert torch.all(affinity.sum(-1) <= 6 * 4 + 1e-4)
+    cosine = model.encoder.patch_affinity(images)  # default: cosine of the final patch tokens
+    tokens = torch.nn.functional.normalize(model.encoder.forward_features(images)[:, 1:], dim=-1)
+    assert cosine.shape == (B, 64, 64) and torch.allclose(cosine, tokens @ tokens.mT, atol=1e-5)
+    assert torch.allclose(cosine, cosine.mT, atol=1e-6) and torch.allclose(cosine.diagonal(dim1=1, dim2=2),
+                                                                           torch.ones(B, 64), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown affinity kind 'pixels'; choose one of tokens, attention"):
+        model.encoder.patch_affinity(images, kind="pixels")
 
 
 def test_block_with_attention_matches_the_fused_block(images):

@@ -12,6 +12,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
@@ -63,6 +64,9 @@ class BackboneConfig:
 
 
 # Presets: "tiny" trains on a laptop CPU; "base" is ViT-B/16 at the papers' scale.
+# Patch affinities the evolved hierarchical masker can build its trees from (ViTEncoder.patch_affinity).
+AFFINITIES = ("tokens", "attention")
+
 PRESETS: dict[str, dict] = {
     # tiny's decoder is half the encoder's width (MAE-B: 512 vs 768): it cuts a CPU step by a third.
     "tiny": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
@@ -187,11 +191,25 @@ class ViTEncoder(nn.Module):
         return self.forward_tokens(self.embed(images))
 
     @torch.no_grad()
-    def patch_affinity(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch-to-patch attention summed over layers and heads (CLS dropped): (B, 3, H, W) -> (B, L, L).
+    def patch_affinity(self, images: torch.Tensor, kind: str = "tokens") -> torch.Tensor:
+        """Patch-to-patch similarity on full images (CLS dropped): (B, 3, H, W) -> (B, L, L).
 
         The evolved hierarchical masker builds its trees from this (run on the EMA encoder).
+
+        Args:
+            kind: ``"tokens"`` (our choice, the default): cosine similarity of the final
+                normalized patch tokens, in [-1, 1]. ``"attention"``: patch-to-patch attention
+                summed over layers and heads, the predecessor's (Evolved Part Masking)
+                affinity. Measured on the tiny shapes data (notebook 04), average-linkage
+                trees of summed attention are chains (one giant node plus single patches at
+                a cut of 4 nodes), because patches that every query attends to are similar
+                to everything; token cosine gives trees whose nodes follow the objects.
         """
+        if kind == "tokens":
+            tokens = F.normalize(self.forward_features(images)[:, 1:], dim=-1)  # (B, L, D), unit length
+            return tokens @ tokens.mT
+        if kind != "attention":
+            raise ValueError(f"unknown affinity kind {kind!r}; choose one of {', '.join(AFFINITIES)}")
         x = self.prepend_cls(self.embed(images))
         affinity = x.new_zeros(x.shape[0], x.shape[1] - 1, x.shape[1] - 1)
         for block in self.blocks:
@@ -239,6 +257,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "BackboneConfig", "PRESETS", "ViTEncoder", "sincos_pos_embed", "make_blocks",
+    "AFFINITIES", "BackboneConfig", "PRESETS", "ViTEncoder", "sincos_pos_embed", "make_blocks",
     "attention_probs", "block_with_attention", "gather_tokens", "check_images", "masked_mean", "init_weights"
 ]
