@@ -109,7 +109,11 @@ def add_train(sub: Any) -> None:
                           "model.<name>=... and data.<name>=... set one entry (e.g. --set model.depth=4)")
     run.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                      help="continue a run: from PATH (a checkpoint or a run folder), or without a value "
-                          "from out_dir's checkpoint if there is one (else start fresh)")
+                          "from out_dir's checkpoint if there is one (else start fresh); without --config the "
+                          "run's own config.yaml is the base, so the flags given are the only changes")
+    run.add_argument("--allow-config-change", action="store_true",
+                     help="with --resume: continue even though the flags change a training setting "
+                          "(refused otherwise, listing every change)")
     run.add_argument("--until", type=int, default=None, metavar="N",
                      help="stop (and checkpoint) after step N of the full schedule; resume later with --resume")
     run.add_argument("--dry-run", action="store_true",
@@ -309,8 +313,21 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 # =========================================================================== train
+def resumed_config(args: argparse.Namespace) -> Path | None:
+    """The run's own config.yaml when resuming without --config, so ``--resume`` alone continues that run."""
+    if args.resume is None or args.config is not None:
+        return None
+    if args.resume is True:
+        folder = Path(args.out_dir or TrainConfig.__dataclass_fields__["out_dir"].default)
+    else:
+        folder = checkpoint_file(args.resume).parent
+    path = folder / "config.yaml"
+    return path if path.is_file() else None
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from --config, the field flags and --set, in that order of precedence."""
+    """TrainConfig from --config (or a resumed run's config.yaml), the field flags and --set, in that order."""
+    config_path = args.config or resumed_config(args)
     overrides: dict[str, Any] = {}
     mappings: dict[str, dict] = {}
     for f in dataclasses.fields(TrainConfig):
@@ -323,11 +340,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         else:
             overrides[f.name] = text
     if mappings:  # merge into the file's mapping instead of replacing it
-        base = load_config(args.config)
+        base = load_config(config_path)
         for name, mapping in mappings.items():
             overrides[name] = {**getattr(base, name), **mapping}
     overrides.update(parse_overrides(args.set))
-    return load_config(args.config, overrides)
+    return load_config(config_path, overrides)
 
 
 class RunEvaluator:
@@ -416,7 +433,8 @@ def run_train(args: argparse.Namespace) -> int:
     say(f"training {cfg.method} ({cfg.preset}) on {cfg.dataset} for {cfg.steps} steps "
         f"(batch {cfg.batch_size}, {cfg.masking} masking r={cfg.mask_ratio}) on {device} -> {out_dir}", flush=True)
     evaluator = RunEvaluator(cfg)
-    result = fit(cfg, resume=resume, eval_fn=evaluator, until=args.until)
+    result = fit(cfg, resume=resume, eval_fn=evaluator, until=args.until,
+                 allow_config_change=args.allow_config_change)
     if not main_process:
         return 0
     step = int(result.history[-1]["step"]) + 1 if result.history else 0

@@ -29,6 +29,11 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
+# Fields that do not change what a run learns: a resumed run or a reused checkpoint may differ in these.
+RUNTIME_FIELDS = ("device", "progress", "out_dir", "num_workers", "log_every", "checkpoint_every",
+                  "eval_every", "compile", "deterministic")
+
+
 def opt(default: Any, help: str) -> Any:
     """A dataclass field with a help text (and a factory for mutable defaults)."""
     if isinstance(default, (dict, list)):
@@ -58,6 +63,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this value (0 = off)")
     ema_momentum: float = opt(0.99, "momentum of the EMA encoder that drives hierarchical masking")
     hierarchy_min_nodes: int = opt(4, "hierarchical masking: number of tree nodes at the end of training")
+    hierarchy_affinity: str = opt("tokens", "hierarchical masking: what the trees are built from: tokens (cosine "
+                                  "of the EMA encoder's patch tokens) or attention (summed attention; gives "
+                                  "chain-like trees, see notebook 04)")
     seed: int = opt(0, "seed of weights, data order and masks")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32")
@@ -79,6 +87,8 @@ class TrainConfig:
             check_bounds(name, getattr(self, name), *bounds)
         if self.masking not in ("random", "block", "hierarchical"):
             raise ValueError(f"unknown masking {self.masking!r}; choose random, block or hierarchical")
+        if self.hierarchy_affinity not in ("tokens", "attention"):
+            raise ValueError(f"unknown hierarchy_affinity {self.hierarchy_affinity!r}; choose tokens or attention")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
 
@@ -218,3 +228,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
         out[key.strip()] = value.strip()
     return out
 
+
+def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What differs between two config dicts, ignoring ``RUNTIME_FIELDS``: ``["lr: 0.002 -> 0.001", ...]``.
+
+    A key missing on one side (e.g. a checkpoint from an older version) counts as a change.
+    """
+    changes = []
+    for key in sorted(set(saved) | set(wanted)):
+        if key in RUNTIME_FIELDS:
+            continue
+        before, after = saved.get(key, "<missing>"), wanted.get(key, "<missing>")
+        if before != after:
+            changes.append(f"{key}: {before!r} -> {after!r}")
+    return changes

@@ -35,7 +35,7 @@ from mcm_core.checkpoint import (
     atomic_write_text, load_checkpoint, load_state_strict, optimizer_tensors, package_versions,
     restore_optimizer, save_checkpoint,
 )
-from mcm_core.config import TrainConfig
+from mcm_core.config import TrainConfig, config_changes
 from mcm_core.data import load_dataset
 from mcm_core.masking import make_masker
 from mcm_core.models import build_model
@@ -268,10 +268,20 @@ class Trainer:
     def unwrapped(self) -> nn.Module:
         return getattr(self.model, "module", self.model)
 
-    def resume(self, path: str | Path) -> None:
-        """Restore everything saved by ``save`` and continue from its step."""
+    def resume(self, path: str | Path, allow_config_change: bool = False) -> None:
+        """Restore everything saved by ``save`` and continue from its step.
+
+        Refuses a checkpoint trained with other settings (any field but ``RUNTIME_FIELDS``),
+        listing each change, unless ``allow_config_change``: then the new values apply from
+        the resumed step on.
+        """
         model, info = load_checkpoint(path, device=self.device, with_training_state=True)
-        load_state_strict(self.unwrapped, model.state_dict(), path)
+        load_state_strict(self.unwrapped, model.state_dict(), path)  # another architecture: keys and shapes
+        changes = config_changes(info.train.get("config", {}), self.cfg.to_dict())
+        if changes and not allow_config_change:
+            raise ValueError(f"{path} was trained with other settings ({'; '.join(changes)}); resume with the "
+                             "run's own config (its config.yaml), or allow the change explicitly "
+                             "(fit(..., allow_config_change=True), CLI --allow-config-change)")
         restore_optimizer(self.optimizer, {k: v for k, v in info.tensors.items() if k.startswith("optim.")},
                           info.train["optimizer"])
         if self.ema is not None:
@@ -280,6 +290,16 @@ class Trainer:
         self.history = list(info.train.get("history", []))
         self.evaluations = list(info.train.get("evaluations", []))
         self.scheduler.load_state_dict(info.train["scheduler"])
+        if changes:  # allowed: the optimizer and schedule follow the new config from this step on
+            self.apply_optimizer_settings()
+
+    def apply_optimizer_settings(self) -> None:
+        """Set lr (on this step's place in the new schedule), weight decay and betas from ``cfg``."""
+        cfg = self.cfg
+        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+        lr = cfg.lr * lr_lambda(cfg)(self.scheduler.last_epoch)
+        for group, decay in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # see param_groups
+            group.update(lr=lr, initial_lr=cfg.lr, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
 
     # -- one step --------------------------------------------------------
     def make_mask(self, images: torch.Tensor) -> torch.Tensor:
@@ -288,7 +308,7 @@ class Trainer:
             step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 1))
         affinity = None
         if self.ema is not None:
-            affinity = self.ema.patch_affinity(images)
+            affinity = self.ema.patch_affinity(images, kind=self.cfg.hierarchy_affinity)
         return self.masker(images.shape[0], self.cfg.mask_ratio, generator=generator, device=images.device,
                            affinity=affinity, progress=self.step / self.cfg.steps)
 
@@ -402,12 +422,13 @@ class Trainer:
 
 
 def fit(cfg: TrainConfig, resume: str | Path | bool | None = None, eval_fn: EvalFn | None = None,
-        until: int | None = None) -> TrainResult:
+        until: int | None = None, allow_config_change: bool = False) -> TrainResult:
     """Train a model as ``cfg`` says (under torchrun: in every process, with DistributedDataParallel).
 
     Args:
         until: stop (and checkpoint) after this step instead of ``cfg.steps``; resume later.
         resume: a checkpoint path, or True for ``cfg.out_dir/checkpoint.safetensors`` if it exists.
+        allow_config_change: resume even when ``cfg`` differs from the checkpoint's config.
         eval_fn: ``eval_fn(model, step) -> {name: value}``, called every ``cfg.eval_every`` steps and at
             the end (see ``mcm_core.evaluate``).
     """
@@ -416,5 +437,5 @@ def fit(cfg: TrainConfig, resume: str | Path | bool | None = None, eval_fn: Eval
         if resume is True:
             resume = trainer.checkpoint_path if trainer.checkpoint_path.exists() else None
         if resume:
-            trainer.resume(resume)
+            trainer.resume(resume, allow_config_change)
         return trainer.run(until)

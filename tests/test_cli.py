@@ -227,7 +227,9 @@ def test_mae_on_classes_until_resume_and_knn(tmp_path, capsys):
             "--batch-size", "8", "--eval-size", "16", "--model", SMALL_MAE, "--no-progress", "--out-dir", str(run)]
     assert main(base + ["--until", "1"]) == 0
     assert strict_json(run / "metrics.json")["step"] == 1
-    assert main(base + ["--resume"]) == 0
+    assert main(base + ["--resume", "--lr", "0.5"]) == 2  # another training setting: refused, nothing trained
+    assert squash("trained with other settings (lr: 0.001 -> 0.5)") in squash(capsys.readouterr().err)
+    assert main(["train", "--out-dir", str(run), "--resume", "--no-progress"]) == 0  # the run's own config.yaml
     assert "resuming from" in capsys.readouterr().out
     metrics = strict_json(run / "metrics.json")
     assert metrics["step"] == 2 and "concepts" not in metrics and metrics["reconstruction"]["psnr"] > 0

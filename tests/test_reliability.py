@@ -286,6 +286,7 @@ def test_bad_names_fail_before_anything_is_written(tmp_path, change, error, matc
     ("ema_momentum", 1.5, r"ema_momentum must be in \[0, 1\]"),
     ("num_workers", -1, "num_workers must be at least 0"),
     ("masking", "blocks", "unknown masking 'blocks'; choose random, block or hierarchical"),
+    ("hierarchy_affinity", "cosine", "unknown hierarchy_affinity 'cosine'; choose tokens or attention"),
 ])
 def test_config_values_out_of_range_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):

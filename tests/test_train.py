@@ -52,6 +52,19 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == list(range(12))
 
 
+def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
+    fit(config(tmp_path, steps=6), until=2)
+    with pytest.raises(ValueError, match=r"trained with other settings \(lr: 0.001 -> 0.002; mask_ratio: 0.5 -> "
+                                         r"0.25\); resume with the run's own config"):
+        fit(config(tmp_path, steps=6, lr=2e-3, mask_ratio=0.25), resume=True)
+    fit(config(tmp_path, steps=6, device="cpu", log_every=2), resume=True, until=3)  # runtime fields may change
+    resumed = fit(config(tmp_path, steps=6, lr=2e-3), resume=True, allow_config_change=True)
+    assert [r["step"] for r in resumed.history] == list(range(6))
+    fresh = fit(config(tmp_path / "fresh", steps=6, lr=2e-3))  # the new schedule applies from the resumed step
+    assert [r["lr"] for r in resumed.history[3:]] == pytest.approx([r["lr"] for r in fresh.history[3:]])
+    assert [r["lr"] for r in resumed.history[:3]] != pytest.approx([r["lr"] for r in fresh.history[:3]])
+
+
 def test_same_seed_same_curve_other_seed_other_curve(tmp_path):
     a = fit(config(tmp_path / "a", method="mae", mask_ratio=0.75, steps=6))
     b = fit(config(tmp_path / "b", method="mae", mask_ratio=0.75, steps=6))
@@ -70,9 +83,10 @@ def test_outputs_written_and_checkpoint_loads(tmp_path):
     assert model.cfg.num_concepts == 13 and model.cfg.concept_names[0] == "circle"
 
 
-@pytest.mark.parametrize("masking", ["block", "hierarchical"])
-def test_every_masking_strategy_trains(tmp_path, masking):
-    result = fit(config(tmp_path, masking=masking, steps=4))
+@pytest.mark.parametrize("masking, affinity", [("block", "tokens"), ("hierarchical", "tokens"),
+                                               ("hierarchical", "attention")])
+def test_every_masking_strategy_trains(tmp_path, masking, affinity):
+    result = fit(config(tmp_path, masking=masking, hierarchy_affinity=affinity, steps=4))
     assert len(result.history) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
 
 
