@@ -8,7 +8,8 @@ others: one linear probe per concept on frozen features). Training FLOPs (counte
 wall-clock (training loop only) come with every run.
 
 Appends one JSON line per run to ``<out>/compare.jsonl`` as soon as it ends, and writes a
-markdown table, with whether each paper's direction holds at this scale, to ``--report``.
+markdown table, with whether each paper's direction holds at this scale, into the
+``compare_methods`` section of ``--report`` (default ``docs/results.md``; the rest of the page is kept).
 A method whose model cannot be built (e.g. not importable yet) is reported as skipped, with why.
 
     python benchmarks/compare_methods.py                        # the full comparison
@@ -32,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks.results`` importable
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import replace_section  # noqa: E402
 from benchmarks.results import flops_per_step, fmt, machine  # noqa: E402
-from mcm_core.checkpoint import atomic_write_text  # noqa: E402
 from mcm_core.compare_viz import summarize  # noqa: E402
 from mcm_core.config import TrainConfig  # noqa: E402
 from mcm_core.data import load_dataset  # noqa: E402
@@ -77,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="small evaluation sets (smoke runs)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "compare"))
-    parser.add_argument("--report", default=str(ROOT / "docs" / "compare.md"))
+    parser.add_argument("--report", default=str(ROOT / "docs" / "results.md"),
+                        help="markdown page whose 'compare_methods' section the table replaces")
     args = parser.parse_args(argv)
     if args.quick:
         args.train_size, args.eval_train, args.eval_test = min(args.train_size, 512), \
@@ -203,7 +205,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> list[str]:
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, path: Path) -> None:
     summary = summarize(rows)
     lines = [
-        "# The methods side by side",
+        "## The methods side by side",
         "",
         f"Produced by `{command}` on {dt.date.today().isoformat()}, on {machine()} (torch {torch.__version__}). "
         f"Every run: `tiny` preset (32 px, patch 4), {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
@@ -218,14 +220,14 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, command: 
         "",
         *markdown_table(summary),
         "",
-        "## Does each paper's direction hold at this scale?",
+        "### Does each paper's direction hold at this scale?",
         "",
     ]
     for d in directions(summary):
         numbers = "" if d["value"] is None or d["baseline"] is None else \
             f": {d['metric']} {d['value']:.3f} vs MAE {d['baseline']:.3f}"
         lines.append(f"- {d['label']}: {d['claim']} -> **{d['verdict']}**{numbers}.")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    replace_section(path, "compare_methods", lines)
 
 
 def run_all(args: argparse.Namespace, log: Path) -> list[dict[str, Any]]:
