@@ -97,7 +97,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_train(sub: Any) -> None:
     parser = sub.add_parser(
-        "train", help="train a model (MAE or MCM) and evaluate it on the validation split",
+        "train", help="train a model (MAE, MCM, MiCL, Latent MIM) and evaluate it on the validation split",
         description=textwrap.fill("Train a model as a TrainConfig says, checkpoint it into out_dir, evaluate "
                                   "it on the validation split and write out_dir/metrics.json."),
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)

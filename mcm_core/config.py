@@ -45,7 +45,7 @@ def opt(default: Any, help: str) -> Any:
 class TrainConfig:
     """Everything one training run needs. Field help texts double as CLI documentation."""
 
-    method: str = opt("mcm", "model name: mae, mcm (see mcm_core.models.model_names())")
+    method: str = opt("mcm", "model name: mae, mcm, micl, latent_mim, supervised (see mcm_core.models.model_names())")
     preset: str = opt("tiny", "backbone preset: tiny (CPU, 32 px), small, base (ViT-B/16, 224 px)")
     model: dict = opt({}, "overrides of the model config, e.g. {norm_pix_loss: true, pairing: sequential}")
     dataset: str = opt("shapes", "data set name: shapes, fashion_mnist, digits, celeba, folder")

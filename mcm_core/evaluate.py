@@ -343,14 +343,15 @@ def extract_features(model: nn.Module, dataset_or_loader: DataSource, batch_size
     """Frozen encoder features of full images (nothing masked).
 
     Args:
-        model: anything with ``features(images, pool)`` (MAE, MCM).
+        model: anything with ``features(images, pool)`` (MAE, MCM, MiCL, Latent MIM, supervised).
         pool: ``"cls"`` (the CLS token) or ``"mean"`` (mean of the patch tokens).
     Returns:
         features float (N, D) and targets (N,) class indices or (N, K) concept labels, on the CPU.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; use one of {list(POOLS)}")
-    require_method(model, "features", "pass a model built with build_model('mae' or 'mcm')")
+    require_method(model, "features", "pass a model built with build_model(name) for a name in "
+                   "model_names(): mae, mcm, micl, latent_mim, supervised")
     device = model_device(model, device)
     features, targets = [], []
     with eval_mode(model):

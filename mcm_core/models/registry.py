@@ -53,7 +53,7 @@ def build_model(name: str, preset: str = "tiny", **overrides: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
-        name: ``"mae"`` or ``"mcm"`` (see ``model_names()``).
+        name: ``"mae"``, ``"mcm"``, ``"micl"``, ``"latent_mim"`` or ``"supervised"`` (see ``model_names()``).
         preset: ``"tiny"`` (CPU, 32 px, patch 4), ``"small"`` or ``"base"`` (ViT-B/16, 224 px).
         overrides: any field of the model's config dataclass (e.g. ``mask_ratio=0.5``).
     """
