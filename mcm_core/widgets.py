@@ -92,7 +92,8 @@ class InterpolationWidget:
         self.noise = self.draw_noise()
         self.slider = widgets.FloatSlider(value=mask_ratio, min=0.0, max=max_ratio, step=ratio_step,
                                           description="mask ratio", continuous_update=False, readout_format=".2f")
-        style = {"description_width": "120px", "button_width": "44px"}
+        # 60 px: "keep" fits JupyterLab's button padding (44 px cut it to "k..."; tests/browser checks)
+        style = {"description_width": "120px", "button_width": "60px"}
         self.toggles = [widgets.ToggleButtons(options=STATE_OPTIONS, value=KEEP, description=name, style=style,
                                               tooltips=[f"keep the image's own {name} token",
                                                         f"write {name} = 0", f"write {name} = 1"])
