@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
+import math
 import os
 import random
 from collections.abc import Iterable, Mapping
@@ -26,13 +28,12 @@ import numpy as np
 import torch
 
 __all__ = ["Range", "resolve_params", "notebook_params", "injected_parameters", "smoke_from_env",
-           "setup", "checkpoint_matches", "workbook_checkpoint", "SHIPPED_CHECKPOINT"]
+           "setup", "checkpoint_matches", "workbook_checkpoint", "SHIPPED_CHECKPOINT", "record_metrics",
+           "METRICS_ENV"]
 
 SMOKE_ENV = "MCM_SMOKE"
+METRICS_ENV = "MCM_METRICS_PATH"  # where record_metrics writes; set by the lab runner (mcm_core.labs)
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
-# Config fields that do not change what a run learns: a checkpoint may differ in these.
-RUNTIME_FIELDS = ("device", "progress", "out_dir", "num_workers", "log_every", "checkpoint_every",
-                  "eval_every", "compile", "deterministic")
 
 Spec = Mapping[str, tuple[Any, Any]]
 # A small MCM (tiny preset, shapes) shipped with the package so notebooks 02-04 run without 01;
@@ -192,6 +193,7 @@ def checkpoint_matches(path: str | Path, config: Any) -> bool:
     A missing file, an unfinished run or any other difference gives False: train again.
     """
     from mcm_core.checkpoint import CheckpointError, read_metadata
+    from mcm_core.config import config_changes
 
     path = Path(path)
     if not path.is_file():
@@ -200,11 +202,7 @@ def checkpoint_matches(path: str | Path, config: Any) -> bool:
         train = read_metadata(path).get("train", {})
     except CheckpointError:
         return False
-    saved, wanted = dict(train.get("config", {})), config.to_dict()
-    for key in RUNTIME_FIELDS:
-        saved.pop(key, None)
-        wanted.pop(key, None)
-    return saved == wanted and int(train.get("step", -1)) == config.steps
+    return not config_changes(train.get("config", {}), config.to_dict()) and int(train.get("step", -1)) == config.steps
 
 
 def workbook_checkpoint(checkpoint_path: str | Path, quiet: bool = False) -> Path:
@@ -229,3 +227,57 @@ def workbook_checkpoint(checkpoint_path: str | Path, quiet: bool = False) -> Pat
         source = "notebook 01's run" if chosen == candidate else "the checkpoint shipped with mcm_core"
         print(f"using {source}: {chosen}")
     return chosen
+
+
+def metric_value(name: str, value: Any) -> Any:
+    """``value`` as JSON: numbers (one-element tensors and NumPy scalars too), str, bool, None, or a dict."""
+    if isinstance(value, Mapping):
+        return {str(key): metric_value(f"{name}.{key}", inner) for key, inner in value.items()}
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        size = value.numel() if isinstance(value, torch.Tensor) else np.size(value)
+        if size != 1:
+            raise ValueError(f"metric {name!r} must be one number, got an array of shape {tuple(value.shape)}; "
+                             "record a summary of it (e.g. its mean) or one metric per element")
+        value = value.item()
+    if isinstance(value, (int, float)):
+        return value if isinstance(value, int) or math.isfinite(value) else None  # nan / inf: not measured
+    raise TypeError(f"metric {name!r} must be a number, str, bool, None or a dict of them, "
+                    f"got {type(value).__name__}")
+
+
+def record_metrics(metrics: Mapping[str, Any], path: str | Path | None = None) -> Path | None:
+    """Add ``metrics`` to the JSON file a lab run collects; a no-op outside a lab.
+
+    The lab runner (``python -m mcm_core.labs run``) sets ``MCM_METRICS_PATH`` for every
+    notebook it executes; each call merges into that file (later values win), so a notebook
+    may record its metrics in several places. Nested dicts become dotted column names in the
+    lab's summary (``{"knn_acc": {"mae": 0.6}}`` -> ``knn_acc.mae``).
+
+    Args:
+        metrics: ``{name: value}``; values are numbers (nan / inf are stored as null), str,
+            bool, None, one-element tensors or arrays, or dicts of those.
+        path: the file to write (default: ``$MCM_METRICS_PATH``; nothing is written when unset).
+    Returns:
+        The path written, or None when there was nowhere to write.
+    Raises:
+        TypeError / ValueError: a name or value that cannot be stored, named in the message.
+    """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"record_metrics takes a dict of name -> value, got {type(metrics).__name__}")
+    bad = [name for name in metrics if not isinstance(name, str) or not name]
+    if bad:
+        raise TypeError(f"metric names must be non-empty strings, got {bad!r}")
+    values = {name: metric_value(name, value) for name, value in metrics.items()}
+    target = path if path is not None else os.environ.get(METRICS_ENV, "").strip() or None
+    if target is None:
+        return None
+    target = Path(target)
+    recorded = json.loads(target.read_text()) if target.is_file() else {}
+    recorded.update(values)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(recorded, indent=2) + "\n")  # in recording order: the summary's column order
+    tmp.replace(target)  # atomic: a run killed mid-write never leaves half a file
+    return target

@@ -9,4 +9,7 @@ import torch
 # loaded machine (two threads waiting for a busy core ran several times slower), and matches
 # pytest-xdist's one worker per core.
 torch.set_num_threads(1)
+# The same for the processes the tests start (notebook kernels, CLI runs, torchrun workers): with
+# two threads each under pytest-xdist's two workers, small ops ran 25-100x slower (measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
