@@ -46,7 +46,7 @@ class TrainConfig:
     """Everything one training run needs. Field help texts double as CLI documentation."""
 
     method: str = opt("mcm", "model name: mae, mcm, micl, latent_mim, supervised (see mcm_core.models.model_names())")
-    preset: str = opt("tiny", "backbone preset: tiny (CPU, 32 px), small, base (ViT-B/16, 224 px)")
+    preset: str = opt("tiny", "backbone preset: tiny (CPU, 32 px), small, base (ViT-B/16, 224 px), large (ViT-L/16)")
     model: dict = opt({}, "overrides of the model config, e.g. {norm_pix_loss: true, pairing: sequential}")
     dataset: str = opt("shapes", "data set name: shapes, fashion_mnist, digits, celeba, folder")
     data: dict = opt({}, "options for load_dataset, e.g. {root: /path, image_size: 32}")
@@ -71,7 +71,8 @@ class TrainConfig:
     precision: str = opt("auto", "auto (bf16 autocast on GPU, float32 on CPU), bf16 or fp32")
     compile: bool = opt(False, "torch.compile the model (GPU only; ignored on CPU)")
     deterministic: bool = opt(False, "use deterministic algorithms (bit-identical reruns, slower on GPU)")
-    num_workers: int = opt(0, "DataLoader worker processes")
+    num_workers: int = opt(0, "DataLoader worker processes (unused for the built-in shapes data on a GPU, "
+                                 "which is rendered on the GPU)")
     log_every: int = opt(10, "record metrics every N steps (one host synchronization each time)")
     checkpoint_every: int = opt(0, "save a checkpoint every N steps (0 = only at the end)")
     eval_every: int = opt(0, "evaluate on the validation split every N steps (0 = only at the end)")

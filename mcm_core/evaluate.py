@@ -42,6 +42,7 @@ __all__ = [
     "linear_probe",
     "edit_success_rate",
     "count_flops",
+    "flop_counting",
     "training_flops_per_image",
     "RunCost",
 ]
@@ -528,13 +529,22 @@ def edit_success_rate(model: nn.Module, images: Tensor, concepts: Tensor, mask_r
 
 
 # =========================================================================== cost
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of running ``fn()`` once, counted by ``torch.utils.flop_counter``.
+@contextmanager
+def flop_counting() -> Iterator[FlopCounterMode]:
+    """``torch.utils.flop_counter`` around a block, attention on the MATH SDPA backend.
 
-    Attention runs on the MATH SDPA backend while counting: the fused CPU kernel is not
-    counted (METHODS.md section 6), so counts would otherwise miss attention.
+    The fused CPU attention kernel is not counted (METHODS.md section 6), so counts would
+    otherwise miss attention. The counter's ``get_total_flops()`` is the total;
+    ``get_flop_counts()`` splits it by module (forward passes attribute reliably; backward
+    passes of interleaved modules, such as MCM's encoder and concept blocks, do not).
     """
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        yield counter
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of running ``fn()`` once, counted by ``torch.utils.flop_counter`` (see ``flop_counting``)."""
+    with flop_counting() as counter:
         fn()
     return int(counter.get_total_flops())
 

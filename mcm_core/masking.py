@@ -216,11 +216,14 @@ def block_mask(batch_size: int, grid: Sequence[int], mask_ratio: float, *,
 
 
 # --------------------------------------------------------------------------- ids
-def ids_from_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
+def ids_from_mask(mask: Tensor, hidden: int | None = None) -> tuple[Tensor, Tensor]:
     """Index tensors that gather the visible patches and restore image order.
 
     Args:
         mask: bool (B, L), ``True`` = hidden; every row must hide the same number.
+        hidden: that number, when the caller knows it (e.g. ``num_hidden(L, mask_ratio)`` of the
+            ratio the mask was drawn at). Then nothing is read back to the host (no GPU
+            synchronization) and the counts are trusted, not checked. None: counted and checked.
     Returns:
         ids_keep: long (B, N_vis), visible patch indices in ascending order.
         ids_restore: long (B, L), ``argsort(ids_shuffle)`` where ``ids_shuffle`` lists the
@@ -230,12 +233,16 @@ def ids_from_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError(f"mask must be a bool tensor (B, L) with True = hidden, got {mask.dtype} "
                          f"{tuple(mask.shape)}; convert with mask.bool()")
-    counts = mask.sum(dim=1)
-    if mask.shape[0] > 0 and bool((counts != counts[0]).any()):
-        raise ValueError(f"every image must hide the same number of patches, got counts "
-                         f"{counts.unique().tolist()}; build masks with mcm_core.masking (exact counts)")
     B, L = mask.shape
-    n_vis = L - (int(counts[0]) if B > 0 else 0)
+    if hidden is None:
+        counts = mask.sum(dim=1)
+        if B > 0 and bool((counts != counts[0]).any()):
+            raise ValueError(f"every image must hide the same number of patches, got counts "
+                             f"{counts.unique().tolist()}; build masks with mcm_core.masking (exact counts)")
+        hidden = int(counts[0]) if B > 0 else 0
+    elif not 0 <= hidden < L:
+        raise ValueError(f"hidden must be in [0, {L - 1}] for {L} patches, got {hidden}")
+    n_vis = L - hidden
     # Why: cumsums give each patch its slot in [visible..., hidden...] without a sort.
     visible_slot = (~mask).long().cumsum(1) - 1
     hidden_slot = n_vis + mask.long().cumsum(1) - 1

@@ -37,8 +37,10 @@ from mcm_core.checkpoint import (
 )
 from mcm_core.config import TrainConfig, config_changes
 from mcm_core.data import load_dataset
+from mcm_core.data.shapes_render import u8_to_float
 from mcm_core.masking import make_masker
 from mcm_core.models import build_model
+from mcm_core.models.mae import ModelOutput
 from mcm_core.models.mcm import check_binary_concepts
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -246,6 +248,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []
         self.is_concept_model = cfg.method in CONCEPT_METHODS
+        self._device_data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- state -----------------------------------------------------------
     @property
@@ -312,8 +315,12 @@ class Trainer:
         return self.masker(images.shape[0], self.cfg.mask_ratio, generator=generator, device=images.device,
                            affinity=affinity, progress=self.step / self.cfg.steps)
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward, backward, clip, optimizer and schedule step. Returns detached device scalars."""
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> ModelOutput:
+        """This step's mask and the model's forward pass (autocast as configured) -> the model's output.
+
+        The model is told the ``mask_ratio`` the mask was drawn at, so on a GPU it never reads the
+        mask back to count its hidden patches (every masker hides exactly ``num_hidden`` of them).
+        """
         mask = self.make_mask(images)
         concepts = targets if self.is_concept_model else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
@@ -321,7 +328,16 @@ class Trainer:
         generator = torch.Generator(device=images.device).manual_seed(
             step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 2))
         with autocast:
-            out = self.step_fn(images, mask=mask, concepts=concepts, generator=generator)
+            return self.step_fn(images, mask=mask, mask_ratio=self.cfg.mask_ratio, concepts=concepts,
+                                generator=generator)
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip, optimizer and schedule step. Returns detached device scalars.
+
+        Nothing in it reads a value back to the host (no ``.item()``, no data-dependent branch),
+        so on a GPU the host queues steps ahead of the device.
+        """
+        out = self.forward(images, targets)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
@@ -370,9 +386,44 @@ class Trainer:
         self.evaluations.append(result)
 
     # -- the loop --------------------------------------------------------
-    def batches(self, until: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def device_data(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole training split on the device, ``(uint8 images (N, 3, S, S), targets (N, K))``, or None.
+
+        Only data sets that can render themselves on a device (the built-in shapes data), and on a
+        GPU only when the pixels take at most a quarter of its memory. Rendered once per trainer.
+        """
+        make = getattr(self.dataset, "device_tensors", None)
+        if make is None:
+            return None
+        if self._device_data is None:
+            if self.device.type == "cuda":
+                pixels = len(self.dataset) * 3 * self.dataset.image_size ** 2
+                if pixels > torch.cuda.get_device_properties(self.device).total_memory // 4:
+                    return None
+            self._device_data = make(self.device)
+        return self._device_data
+
+    def batches(self, until: int, on_device: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, targets)`` on the device for steps ``self.step .. until - 1``.
+
+        On a GPU the built-in shapes data is rendered there once and each batch is an index into it
+        (no DataLoader, no pixels copied from the host, so training is never input-bound; the
+        values equal the DataLoader's bit for bit). Other data goes through a DataLoader with
+        pinned memory and non-blocking copies. ``on_device`` forces the choice (True: the device
+        path where the data set has one, also on the CPU).
+        """
         sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.step,
                                    until, self.rank, self.world_size)
+        use_device = self.device.type == "cuda" if on_device is None else on_device
+        data = self.device_data() if use_device else None
+        if data is not None:
+            images_u8, targets = data
+            for ids in sampler:
+                index = torch.tensor(ids)
+                if images_u8.device != index.device:  # a pinned, non-blocking copy never stalls the host
+                    index = index.pin_memory().to(images_u8.device, non_blocking=True)
+                yield u8_to_float(images_u8[index]), targets[index]
+            return
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         for images, targets in loader:

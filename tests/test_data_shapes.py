@@ -299,6 +299,7 @@ def test_dataset_works_with_a_dataloader():
     assert images.shape == (16, 3, 32, 32) and targets.shape == (16, 13)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_give_identical_data():
     cpu = generate_shapes(256, seed=5, image_size=64, max_objects=3)

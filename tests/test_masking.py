@@ -199,6 +199,8 @@ def test_ids_from_mask_errors():
         ids_from_mask(torch.zeros(2, 8))
     keep, restore = ids_from_mask(torch.zeros(2, 8, dtype=torch.bool))
     assert keep.shape == (2, 8) and torch.equal(restore, torch.arange(8).expand(2, 8))
+    with pytest.raises(ValueError, match=r"hidden must be in \[0, 7\] for 8 patches, got 8"):
+        ids_from_mask(torch.ones(2, 8, dtype=torch.bool), hidden=8)
 
 
 # ----------------------------------------------------------------------------- block masks

@@ -49,6 +49,18 @@ def test_presets_have_the_documented_sizes():
     base = make_config("mae", "base")
     assert (base.img_size, base.patch_size, base.embed_dim, base.depth, base.decoder_depth) == (224, 16, 768, 12, 8)
     assert make_config("mcm", "base").decoder_depth == 6  # MCM's decoder is half as deep
+    large = make_config("mae", "large")  # ViT-L/16 with MAE-L's 8 x 512 decoder
+    assert (large.img_size, large.patch_size, large.embed_dim, large.depth, large.num_heads) == (224, 16, 1024, 24, 16)
+    assert (large.decoder_embed_dim, large.decoder_depth, large.decoder_num_heads) == (512, 8, 16)
+    assert make_config("mcm", "large").decoder_depth == 12
+
+
+def test_large_preset_is_vit_l16():
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = build_model("mae", "large")
+    # timm's vit_large_patch16_224 has 304,326,632 parameters: minus its 1000-class head and its
+    # learned position embedding (ours is a fixed sin-cos buffer), the same encoder.
+    assert sum(p.numel() for p in model.encoder.parameters()) == 304_326_632 - (1024 * 1000 + 1000) - 197 * 1024
 
 
 def test_config_errors_name_the_fix():

@@ -266,7 +266,7 @@ def test_concept_vectors_must_be_binary_and_edits_well_formed():
 
 @pytest.mark.parametrize("change, error, match", [
     ({"method": "mea"}, ValueError, r"unknown model 'mea'; valid names are \[.*'mae'.*'mcm'"),
-    ({"preset": "huge"}, ValueError, r"unknown preset 'huge'; valid presets are \['base', 'small', 'tiny'\]"),
+    ({"preset": "huge"}, ValueError, r"unknown preset 'huge'; valid presets are \['base', 'large', 'small', 'tiny'\]"),
     ({"dataset": "cifar10"}, ValueError, r"unknown dataset 'cifar10'; valid names: \['shapes'"),
     ({"data": {"image_size": 34}}, ValueError, r"img_size=34 is not divisible by patch_size=4.*e.g. 32"),
     ({"model": {"depht": 4}}, TypeError, r"unknown option\(s\) \['depht'\] for model 'mcm'; valid options"),

@@ -178,6 +178,19 @@ class ShapesDataset(Dataset):
         for c in torch.unique(ids // self._chunk).tolist():
             self._ensure_chunk(c)
 
+    def device_tensors(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image as uint8 ``(N, 3, S, S)`` and every target ``(N, K)``, on ``device``.
+
+        For training straight from a GPU: the whole split is rendered there once (the renderer
+        gives the same pixels on every device), so a batch is an index into device memory and
+        ``u8_to_float`` of it equals the CPU batch bit for bit.
+        """
+        if torch.device(device).type == "cpu" and self.cached:
+            self.materialize()
+            return self._images, self.targets
+        images, _ = render_shapes_u8(self.factors, self.image_size, device)
+        return images, self.targets.to(device)
+
     def materialize(self) -> "ShapesDataset":
         """Render the whole cache now (e.g. before forking DataLoader workers)."""
         if self.cached:

@@ -192,8 +192,13 @@ def render_shapes_u8(factors: dict[str, torch.Tensor], image_size: int = 32,
 
 
 def u8_to_float(images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1] (``k / 255``), the one conversion used everywhere."""
-    return torch.div(images, 255.0, out=out)
+    """uint8 -> float32 in [0, 1] (``k / 255``, correctly rounded), the one conversion used everywhere.
+
+    The divisor is a tensor on the images' device, not a Python number: CUDA divides by a number
+    as a multiplication by its reciprocal, which differs from ``k / 255`` in the last bit for 126
+    of the 256 values, so CPU and GPU data would not agree.
+    """
+    return torch.div(images, torch.full((), 255.0, device=images.device), out=out)
 
 
 def render_shapes(factors: dict[str, torch.Tensor], image_size: int = 32,

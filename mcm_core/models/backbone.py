@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from mcm_core.masking import ids_from_mask
+
 
 @dataclass
 class BackboneConfig:
@@ -63,7 +65,7 @@ class BackboneConfig:
         return self.grid[0] * self.grid[1]
 
 
-# Presets: "tiny" trains on a laptop CPU; "base" is ViT-B/16 at the papers' scale.
+# Presets: "tiny" trains on a laptop CPU; "base" is ViT-B/16 and "large" ViT-L/16 at the papers' scale.
 # Patch affinities the evolved hierarchical masker can build its trees from (ViTEncoder.patch_affinity).
 AFFINITIES = ("tokens", "attention")
 
@@ -75,6 +77,9 @@ PRESETS: dict[str, dict] = {
                   decoder_embed_dim=192, decoder_depth=4, decoder_num_heads=6),
     "base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    # ViT-L/16 with MAE-L's decoder (8 blocks of width 512): for GPU benchmarks at the papers' scale.
+    "large": dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
 }
 
 
@@ -223,6 +228,20 @@ def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
+def mask_ids(mask: torch.Tensor, hidden: int | None = None,
+             check: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids_keep`` (B, N_vis) and ``ids_restore`` (B, L) of a bool mask (B, L): ``ids_from_mask``,
+    told the hidden count on an accelerator so that it reads nothing back.
+
+    Args:
+        hidden: patches hidden per image, or None (unknown: counted and checked).
+        check: count and check anyway; default: only for CPU masks, where it costs no
+            synchronization.
+    """
+    check = mask.device.type == "cpu" if check is None else check
+    return ids_from_mask(mask, None if check else hidden)
+
+
 def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
     """Raise a clear error for images the model cannot take (shape, channels, size, dtype).
 
@@ -258,5 +277,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "AFFINITIES", "BackboneConfig", "PRESETS", "ViTEncoder", "sincos_pos_embed", "make_blocks",
-    "attention_probs", "block_with_attention", "gather_tokens", "check_images", "masked_mean", "init_weights"
+    "attention_probs", "block_with_attention", "gather_tokens", "mask_ids", "check_images", "masked_mean",
+    "init_weights"
 ]

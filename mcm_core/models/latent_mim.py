@@ -59,9 +59,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from mcm_core.masking import ids_from_mask, num_hidden, random_mask
+from mcm_core.masking import num_hidden, random_mask
 from mcm_core.models.backbone import (
-    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, sincos_pos_embed,
+    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids, sincos_pos_embed,
 )
 from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput
 from mcm_core.models.mcm import ConceptDecoderBlock
@@ -366,16 +366,18 @@ class LatentMIM(nn.Module):
         return mask.to(images.device)
 
     # ------------------------------------------------------------------ stages
-    def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
+    def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor,
+                        hidden: int | None = None) -> tuple[EncoderOutput, torch.Tensor]:
         """Online encoder on the visible patches, then the projector.
 
         Args:
             images: (B, 3, H, W); mask: bool (B, L), True = hidden.
+            hidden: patches the mask hides per image, if known (then a GPU mask is not read back).
         Returns:
             ``EncoderOutput`` whose ``tokens`` are the projected latents (B, 1 + N_vis, D), and the
             encoder's own visible patch tokens (B, N_vis, D) (before the projector; for the monitors).
         """
-        ids_keep, ids_restore = ids_from_mask(mask)
+        ids_keep, ids_restore = mask_ids(mask, hidden)
         check_hidden_count(mask.shape[1] - ids_keep.shape[1], self.cfg.num_patches, "of the given mask")
         encoded = self.encoder.forward_tokens(gather_tokens(self.encoder.embed(images), ids_keep))  # (B, 1 + N_vis, D)
         return EncoderOutput(self.projector(encoded), mask, ids_keep, ids_restore), encoded[:, 1:]
@@ -449,6 +451,8 @@ class LatentMIM(nn.Module):
         Args:
             images: (B, 3, H, W) in [0, 1]; mask: optional bool (B, L), True = hidden (else a random
                 mask at ``mask_ratio`` from ``generator``); generator: also draws the patch-gap offsets.
+            mask_ratio: with ``mask``, the ratio it was drawn at, if known (on a GPU its hidden
+                count is then trusted, not read back).
             concepts: accepted for a uniform interface and unused.
         Returns:
             ``ModelOutput`` with ``mask`` and ``losses``: the loss term (``infonce`` with
@@ -456,9 +460,10 @@ class LatentMIM(nn.Module):
             an EMA target, ``momentum`` (the schedule's value at the progress reached before this step).
         """
         check_images(images, self.cfg)
+        hidden = MaskedAutoencoder.known_hidden(self, images, mask_ratio, mask)  # None on CPU: counts checked
         mask = self.resolve_mask(images, mask_ratio, generator, mask)
         images = gap_patches(images, self.cfg.patch_size, self.cfg.patch_gap, generator)  # one draw for both encoders
-        encoded, visible = self.forward_encoder(images, mask)
+        encoded, visible = self.forward_encoder(images, mask, hidden)
         ids_hidden = hidden_ids(mask, encoded.ids_keep.shape[1])
         target = self.forward_target(images, ids_hidden)
         pred = self.forward_latent_decoder(encoded, ids_hidden)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from mcm_core.masking import ids_from_mask, num_hidden, random_mask
+from mcm_core.masking import num_hidden, random_mask
 from mcm_core.models.backbone import (
-    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks,
+    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids,
     masked_mean, sincos_pos_embed,
 )
 
@@ -128,6 +128,18 @@ class MaskedAutoencoder(nn.Module):
                              f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
         return mask.to(images.device)
 
+    def known_hidden(self, images: torch.Tensor, mask_ratio: float | None,
+                     mask: torch.Tensor | None) -> int | None:
+        """Patches hidden per image when known without reading the mask back, on an accelerator.
+
+        Known when the model draws the mask itself (at ``mask_ratio`` or the config's) or when the
+        caller passes the ``mask_ratio`` its ``mask`` was drawn at (as the trainer does); None on
+        the CPU, where ``ids_from_mask`` checks the mask's counts at no synchronization cost.
+        """
+        if images.device.type == "cpu" or (mask is not None and mask_ratio is None):
+            return None
+        return num_hidden(self.cfg.num_patches, self.cfg.mask_ratio if mask_ratio is None else mask_ratio)
+
     # ------------------------------------------------------------------ stages
     def forward_encoder(self, images: torch.Tensor, mask_ratio: float | None = None,
                         generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
@@ -135,13 +147,15 @@ class MaskedAutoencoder(nn.Module):
         """Encode the visible patches of ``images`` (B, 3, H, W).
 
         Args:
-            mask_ratio: fraction hidden (default: the config's); ignored when ``mask`` is given.
+            mask_ratio: fraction hidden (default: the config's). With ``mask``, the ratio the mask
+                was drawn at, if known: on a GPU its hidden count is then trusted, not read back.
             generator: random source of the mask.
             mask: an external bool (B, L) mask from any strategy in ``mcm_core.masking``.
         """
         check_images(images, self.cfg)
+        hidden = self.known_hidden(images, mask_ratio, mask)
         mask = self.resolve_mask(images, mask_ratio, generator, mask)
-        ids_keep, ids_restore = ids_from_mask(mask)
+        ids_keep, ids_restore = mask_ids(mask, hidden)
         visible = gather_tokens(self.encoder.embed(images), ids_keep)  # (B, N_vis, D)
         return self.encode_visible(visible, mask, ids_keep, ids_restore, return_attention)
 

@@ -83,7 +83,11 @@ def symmetric_info_nce(z_a: torch.Tensor, z_b: torch.Tensor, kappa: float,
         loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
     with torch.no_grad():
         eye = torch.eye(b, dtype=torch.bool, device=z_a.device)
-        pos, neg = cosine.diagonal().mean(), cosine[~eye].mean()
+        pos = cosine.diagonal().mean()
+        if cosine.device.type == "cpu":
+            neg = cosine[~eye].mean()
+        else:  # Why: a boolean index sizes its output from the data, a host synchronization on a GPU
+            neg = cosine.masked_fill(eye, 0).sum() / (b * (b - 1))
         hits = (logits.argmax(dim=1) == targets).float().mean() + (logits.argmax(dim=0) == targets).float().mean()
     return loss, {"pos_sim": pos, "neg_sim": neg, "sim_gap": pos - neg, "view_acc": hits / 2}
 

@@ -54,7 +54,7 @@ def build_model(name: str, preset: str = "tiny", **overrides: Any) -> nn.Module:
 
     Args:
         name: ``"mae"``, ``"mcm"``, ``"micl"``, ``"latent_mim"`` or ``"supervised"`` (see ``model_names()``).
-        preset: ``"tiny"`` (CPU, 32 px, patch 4), ``"small"`` or ``"base"`` (ViT-B/16, 224 px).
+        preset: ``"tiny"`` (CPU, 32 px, patch 4), ``"small"``, ``"base"`` (ViT-B/16, 224 px) or ``"large"`` (ViT-L/16).
         overrides: any field of the model's config dataclass (e.g. ``mask_ratio=0.5``).
     """
     return model_class(name)(make_config(name, preset, **overrides))
