@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-test", type=int, default=10000, help="at most this many test images")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="small evaluation sets (smoke runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the runs already in <out>/compare.jsonl with the same settings")
     parser.add_argument("--out", default=str(ROOT / "runs" / "compare"))
     parser.add_argument("--report", default=str(ROOT / "docs" / "results.md"),
                         help="markdown page whose 'compare_methods' section the table replaces")
@@ -230,18 +232,36 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, command: 
     replace_section(path, "compare_methods", lines)
 
 
-def run_all(args: argparse.Namespace, log: Path) -> list[dict[str, Any]]:
-    """Every method on both data sets; each row appended to ``log`` as soon as its run ends."""
+def finished_runs(log: Path, wanted: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Trained rows of ``log`` with settings ``wanted``, by (method key, data set); the latest wins."""
+    if not Path(log).exists():
+        return {}
+    rows = [r for r in map(json.loads, Path(log).read_text().splitlines()) if r.get("settings") == wanted]
+    return {(r["key"], r["dataset"]): r for r in rows if not r.get("skipped")}
+
+
+def run_all(args: argparse.Namespace, log: Path, resume: bool = False) -> list[dict[str, Any]]:
+    """Every method on both data sets; each row appended to ``log`` as soon as its run ends.
+
+    With ``resume``, runs already in ``log`` with the same settings are reused, not trained again
+    (an interrupted comparison continues where it stopped).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    done = finished_runs(log, settings(args)) if resume else {}
     rows = []
     for key, label, spec in METHODS:
         reason = unavailable(spec["method"])
-        runs = [{"key": key, "label": label, "skipped": reason, "settings": settings(args)}] if reason else \
-            (run_one(key, label, spec, dataset, args, log.parent) for dataset in (args.dataset, SHAPES))
-        for row in runs:
-            print(json.dumps(row), flush=True)
-            with open(log, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        if reason:
+            runs: list[tuple[dict[str, Any], bool]] = [
+                ({"key": key, "label": label, "skipped": reason, "settings": settings(args)}, True)]
+        else:
+            runs = ((done[(key, d)], False) if (key, d) in done else
+                    (run_one(key, label, spec, d, args, log.parent), True) for d in (args.dataset, SHAPES))
+        for row, new in runs:
+            if new:
+                print(json.dumps(row), flush=True)
+                with open(log, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
             rows.append(row)
     return rows
 
@@ -263,7 +283,7 @@ def load_rows(log: Path, wanted: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = run_all(args, Path(args.out) / "compare.jsonl")
+    rows = run_all(args, Path(args.out) / "compare.jsonl", resume=args.resume)
     command = "python benchmarks/compare_methods.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(rows, args, command.strip(), Path(args.report))
     print(f"report: {args.report}")

@@ -96,6 +96,10 @@ def test_script_smoke_every_method_present_or_skipped(tmp_path, monkeypatch):
     text = report.read_text()
     assert "| MAE, random masks |" in text and "| Latent MIM |" in text and "skipped: ValueError" in text
     assert "python benchmarks/compare_methods.py --steps 2" in text and "direction hold" in text
+    lines = (out / "compare.jsonl").read_text()
+    assert compare.main(["--steps", "2", "--batch-size", "8", "--quick", "--out", str(out), "--report", str(report),
+                         "--resume"]) == 0  # every run is in the log: nothing is trained again
+    assert (out / "compare.jsonl").read_text().count("\n") == lines.count("\n") + 1  # only the ghost's skip row
     settings = rows[0]["settings"]
     assert compare.load_rows(out / "compare.jsonl", settings) is not None
     assert compare.load_rows(out / "compare.jsonl", {**settings, "steps": 3}) is None
