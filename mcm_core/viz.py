@@ -286,7 +286,8 @@ def plot_concept_metrics(report: Any, metrics: Sequence[str] = ("f1", "precision
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="score", title="per-concept metrics")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # Above the axes, in one row: inside, it covered the last concepts' bars.
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=len(metrics), frameon=False)
     return fig
 
 
