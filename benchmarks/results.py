@@ -206,10 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small evaluation sets (for the smoke test)")
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--report", default=str(ROOT / "docs" / "results.md"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the rows already in <out>/results.jsonl "
+                             "(e.g. after an interrupted study; the rows that are there, in their order)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
+    command = "python benchmarks/results.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    if args.report_only:
+        if not log.is_file():
+            raise SystemExit(f"--report-only: no {log}; run the study first (without --report-only)")
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        write_report(rows, args, command.strip(), Path(args.report))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     plan = [("shapes", SHAPES_RUNS), ("fashion_mnist", FASHION_RUNS)]
     for dataset, runs in plan:
@@ -221,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write(json.dumps(rows[-1]) + "\n")
         if dataset == "fashion_mnist":
             rows.append(fashion_floor(args.quick))
-    command = "python benchmarks/results.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     write_report(rows, args, command.strip(), Path(args.report))
     return 0
 

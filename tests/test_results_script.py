@@ -35,3 +35,9 @@ def test_results_pipeline_smoke(tmp_path, monkeypatch):
     assert 0 <= rows[1]["edit_success"] <= 1
     text = report.read_text()
     assert "| MCM, mask 0.5 |" in text and "## Targets" in text and "python benchmarks/results.py" in text
+    report.write_text("# hand-written page\n")
+    assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--report", str(report)]) == 0
+    text = report.read_text()  # the same tables from the log, nothing trained, the page's prose kept
+    assert text.startswith("# hand-written page\n") and "| MCM, mask 0.5 |" in text and "--report-only" in text
+    with pytest.raises(SystemExit, match="no .*results.jsonl; run the study first"):
+        results.main(["--report-only", "--out", str(tmp_path / "nothing")])
