@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: make mcm_core 
 import timm  # noqa: E402
 
 import mcm_core  # noqa: E402
-from mcm_core.config import TrainConfig, read_yaml  # noqa: E402
+from mcm_core.config import TrainConfig, parse_overrides, read_yaml  # noqa: E402
 from mcm_core.evaluate import count_flops, flop_counting  # noqa: E402
 from mcm_core.masking import num_hidden  # noqa: E402
 from mcm_core.models import make_config  # noqa: E402
@@ -272,13 +272,7 @@ def run_one(method: str, preset: str, mask_ratio: float, overrides: dict[str, An
 # ---------------------------------------------------------------------- command line
 def parse_set(pairs: list[str]) -> dict[str, Any]:
     """``["decoder_depth=3", "norm_pix_loss=true"]`` -> typed model overrides (values read as YAML)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set {pair!r} must look like key=value, e.g. decoder_depth=3")
-        out[key.strip()] = read_yaml(f"--set {pair}", value)
-    return out
+    return {key: read_yaml(f"--set {key}={value}", value) for key, value in parse_overrides(pairs).items()}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcm_core.notebook import METRICS_ENV
+from mcm_core.notebook import METRICS_ENV, assigned_values
 
 __all__ = ["Lab", "LabError", "RunPlan", "load_lab", "parse_lab", "expand_grid", "notebook_parameters",
            "run_ids", "plan_runs", "flatten_metrics", "match_metrics", "summarize_runs", "write_csv",
@@ -139,16 +139,7 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
         tree = ast.parse(cells[0].source)
     except SyntaxError as error:
         raise LabError(f"the parameters cell of {Path(path).name} does not parse: {error}") from None
-    found: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    try:
-                        found[target.id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        found[target.id] = ast.unparse(node.value)
-    return found
+    return assigned_values(tree)
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:

@@ -146,15 +146,24 @@ def injected_parameters(history: Iterable[str] | None = None) -> dict[str, Any]:
     for source in history:
         if not isinstance(source, str) or not source.lstrip().startswith(INJECTED_HEADER):
             continue
-        found = {}
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign):
-                for target in node.targets:
-                    if isinstance(target, ast.Name):
-                        try:
-                            found[target.id] = ast.literal_eval(node.value)
-                        except ValueError:
-                            found[target.id] = ast.unparse(node.value)  # not a literal: still a name
+        found = assigned_values(ast.parse(source))
+    return found
+
+
+def assigned_values(tree: ast.Module) -> dict[str, Any]:
+    """``{name: value}`` of the top-level ``name = ...`` assignments of a parsed cell.
+
+    Values that are not Python literals are returned as their source text.
+    """
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        found[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        found[target.id] = ast.unparse(node.value)  # not a literal: still a name
     return found
 
 
