@@ -63,7 +63,7 @@ from mcm_core.masking import num_hidden, random_mask
 from mcm_core.models.backbone import (
     BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids, sincos_pos_embed,
 )
-from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput
+from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput, known_hidden
 from mcm_core.models.mcm import ConceptDecoderBlock
 from mcm_core.models.registry import register_model
 
@@ -460,7 +460,7 @@ class LatentMIM(nn.Module):
             an EMA target, ``momentum`` (the schedule's value at the progress reached before this step).
         """
         check_images(images, self.cfg)
-        hidden = MaskedAutoencoder.known_hidden(self, images, mask_ratio, mask)  # None on CPU: counts checked
+        hidden = known_hidden(self.cfg, images, mask_ratio, mask)  # None on CPU: counts checked
         mask = self.resolve_mask(images, mask_ratio, generator, mask)
         images = gap_patches(images, self.cfg.patch_size, self.cfg.patch_gap, generator)  # one draw for both encoders
         encoded, visible = self.forward_encoder(images, mask, hidden)

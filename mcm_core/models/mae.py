@@ -71,6 +71,21 @@ class ModelOutput:
     concept_logits: torch.Tensor | None = None
 
 
+def known_hidden(cfg: MAEConfig, images: torch.Tensor, mask_ratio: float | None,
+                 mask: torch.Tensor | None) -> int | None:
+    """Patches hidden per image when known without reading the mask back, on an accelerator.
+
+    ``cfg``: any model config with ``num_patches`` and a default ``mask_ratio`` (MAE, MCM, Latent MIM).
+
+    Known when the model draws the mask itself (at ``mask_ratio`` or ``cfg.mask_ratio``) or when
+    the caller passes the ``mask_ratio`` its ``mask`` was drawn at (as the trainer does); None on
+    the CPU, where ``ids_from_mask`` checks the mask's counts at no synchronization cost.
+    """
+    if images.device.type == "cpu" or (mask is not None and mask_ratio is None):
+        return None
+    return num_hidden(cfg.num_patches, cfg.mask_ratio if mask_ratio is None else mask_ratio)
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE: encoder on visible patches, light decoder with mask tokens, MSE on hidden patches."""
 
@@ -128,18 +143,6 @@ class MaskedAutoencoder(nn.Module):
                              f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
         return mask.to(images.device)
 
-    def known_hidden(self, images: torch.Tensor, mask_ratio: float | None,
-                     mask: torch.Tensor | None) -> int | None:
-        """Patches hidden per image when known without reading the mask back, on an accelerator.
-
-        Known when the model draws the mask itself (at ``mask_ratio`` or the config's) or when the
-        caller passes the ``mask_ratio`` its ``mask`` was drawn at (as the trainer does); None on
-        the CPU, where ``ids_from_mask`` checks the mask's counts at no synchronization cost.
-        """
-        if images.device.type == "cpu" or (mask is not None and mask_ratio is None):
-            return None
-        return num_hidden(self.cfg.num_patches, self.cfg.mask_ratio if mask_ratio is None else mask_ratio)
-
     # ------------------------------------------------------------------ stages
     def forward_encoder(self, images: torch.Tensor, mask_ratio: float | None = None,
                         generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
@@ -153,7 +156,7 @@ class MaskedAutoencoder(nn.Module):
             mask: an external bool (B, L) mask from any strategy in ``mcm_core.masking``.
         """
         check_images(images, self.cfg)
-        hidden = self.known_hidden(images, mask_ratio, mask)
+        hidden = known_hidden(self.cfg, images, mask_ratio, mask)
         mask = self.resolve_mask(images, mask_ratio, generator, mask)
         ids_keep, ids_restore = mask_ids(mask, hidden)
         visible = gather_tokens(self.encoder.embed(images), ids_keep)  # (B, N_vis, D)
