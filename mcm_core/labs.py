@@ -478,6 +478,25 @@ def kill_tree(process: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     process.wait()
+    wait_until_dead(family)
+
+
+def wait_until_dead(procs: list, timeout: float = 15.0) -> None:
+    """Block until every killed process is gone or a zombie (SIGKILL lands asynchronously on a busy machine).
+
+    A grandchild (the kernel) is reaped by init, not by us, so "dead" includes the zombie state.
+    """
+    import psutil
+
+    def gone(proc: "psutil.Process") -> bool:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout
+    while not all(gone(proc) for proc in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def execute_run(plan: RunPlan, lab: Lab, kernel: str = "python3") -> dict[str, Any]:
