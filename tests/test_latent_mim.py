@@ -5,12 +5,14 @@ import math
 
 import pytest
 import torch
+from timm.layers import Mlp
 
 from mcm_core.checkpoint import load_checkpoint, save_checkpoint
 from mcm_core.config import TrainConfig
 from mcm_core.evaluate import extract_features
 from mcm_core.masking import ids_from_mask, random_mask
 from mcm_core.models import build_model, make_config
+from mcm_core.models.backbone import gather_tokens
 from mcm_core.models.latent_mim import (
     effective_rank, ema_momentum, gap_patches, hidden_ids, mean_pairwise_cosine, patch_info_nce,
     position_share, similarity_target, standardize_tokens, visual_cue,
@@ -89,14 +91,37 @@ def test_bf16_autocast_gives_a_finite_float32_loss(images, mask):
 
 
 # ---------------------------------------------------------------- gradients and the EMA target
-@pytest.mark.parametrize("overrides", [{}, {"decoder": "mae"}, {"target": "online"}, {"sim_reg_weight": 1.0}])
+REFERENCE_HEAD = {"projector_depth": 3, "projector_dim": 96, "target_projector": True}  # the reference code's head, at tiny width
+
+
+@pytest.mark.parametrize("overrides", [{}, {"decoder": "mae"}, {"target": "online"}, {"sim_reg_weight": 1.0},
+                                       REFERENCE_HEAD, {**REFERENCE_HEAD, "target": "online"}])
 def test_every_trainable_parameter_gets_a_gradient_and_the_target_none(images, mask, overrides):
     model = make(**overrides)
     model(images, mask=mask).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
-    if model.target_encoder is not None:
-        assert all(not p.requires_grad and p.grad is None for p in model.target_encoder.parameters())
+    for frozen in (model.target_encoder, model.target_projector):
+        if frozen is not None:
+            assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+
+
+def test_reference_head_has_the_reference_shape_and_projects_the_targets_with_its_ema_copy(images, mask):
+    model = make(**REFERENCE_HEAD)
+    linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias) for m in linears] == [(D, 96, None), (96, 96, None), (96, D, None)]
+    assert isinstance(model.projector[-1], torch.nn.LayerNorm)  # the output is normalized too
+    ids_hidden = hidden_ids(mask, 16)
+    with torch.no_grad():
+        raw = model.target_encoder.forward_tokens(gather_tokens(model.target_encoder.embed(images), ids_hidden))
+        torch.testing.assert_close(model.forward_target(images, ids_hidden), model.target_projector(raw)[:, 1:])
+        for p in model.projector.parameters():  # the online head moves; the EMA follows it
+            p.add_(torch.randn(p.shape, generator=seeded(3)) * 0.1)
+    old, online = ([p.clone() for p in m.parameters()] for m in (model.target_projector, model.projector))
+    model.after_step(0.0)  # momentum 0.99
+    for before, new, o in zip(old, model.target_projector.parameters(), online):
+        torch.testing.assert_close(new, 0.99 * before + 0.01 * o)
+    assert make().target_projector is None and isinstance(make().projector, Mlp)  # default: timm's Mlp, targets raw
 
 
 def test_target_encoder_is_not_in_the_optimizer():
@@ -285,6 +310,8 @@ def test_visual_cue_is_a_position_weighted_average():
     ({"momentum": 0.999, "momentum_end": 0.99}, "momentum <= momentum_end"),
     ({"patch_gap": -1}, "patch_gap must be a non-negative int"),
     ({"cue_sigma": 0.0}, "cue_sigma must be > 0"),
+    ({"projector_depth": 0}, "projector_depth must be an int >= 1"),
+    ({"projector_dim": -1}, "projector_dim must be an int >= 0"),
 ])
 def test_bad_config_raises_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -96,6 +96,13 @@ class LatentMIMConfig(BackboneConfig):
         sim_reg_weight: weight of the similarity regularizer (0 = off); its target decays from
             ``sim_reg_start`` to ``sim_reg_end``.
         patch_gap: pixels of gap between neighbouring patches during training (0 = off).
+        projector_depth, projector_dim: linear layers and hidden width of the projector (width 0 =
+            ``mlp_ratio x embed_dim``). The default (2, 0) is timm's ``Mlp``; any other setting builds
+            bias-free linear layers with a LayerNorm after each (GELU between), as the reference code's
+            3-layer, 4096-wide head.
+        target_projector: the target encoder's tokens also go through a projector (an EMA copy of the
+            online one with ``target="ema"``), as in the reference code; off by default (the targets
+            are the target encoder's own tokens).
     """
 
     mask_ratio: float = 0.75
@@ -112,6 +119,9 @@ class LatentMIMConfig(BackboneConfig):
     sim_reg_start: float = 0.75
     sim_reg_end: float = 0.25
     patch_gap: int = 0
+    projector_depth: int = 2
+    projector_dim: int = 0
+    target_projector: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +140,12 @@ class LatentMIMConfig(BackboneConfig):
             raise ValueError(f"sim_reg_weight must be >= 0 (0 = off), got {self.sim_reg_weight}")
         if int(self.patch_gap) != self.patch_gap or self.patch_gap < 0:
             raise ValueError(f"patch_gap must be a non-negative int (pixels), got {self.patch_gap!r}; 0 = off")
+        if int(self.projector_depth) != self.projector_depth or self.projector_depth < 1:
+            raise ValueError(f"projector_depth must be an int >= 1 (linear layers), got {self.projector_depth!r}; "
+                             "2 is the default, 3 the reference code's")
+        if int(self.projector_dim) != self.projector_dim or self.projector_dim < 0:
+            raise ValueError(f"projector_dim must be an int >= 0 (0 = mlp_ratio x embed_dim), got "
+                             f"{self.projector_dim!r}; the reference code uses 4096 at ViT-B")
         check_hidden_count(num_hidden(self.num_patches, self.mask_ratio), self.num_patches, self.mask_ratio)
 
 
@@ -297,6 +313,26 @@ def visual_cue(context: torch.Tensor, ids_keep: torch.Tensor, ids_hidden: torch.
     return weights @ context
 
 
+def build_projector(cfg: LatentMIMConfig) -> nn.Module:
+    """The projector MLP, (..., D) -> (..., D).
+
+    ``projector_depth=2, projector_dim=0`` (the default): timm's ``Mlp`` (D -> mlp_ratio x D -> D,
+    GELU). Otherwise ``projector_depth`` bias-free linear layers of width ``projector_dim`` (0:
+    mlp_ratio x D), each followed by a LayerNorm, GELU between them: the reference code's head.
+    """
+    d = cfg.embed_dim
+    hidden = cfg.projector_dim or int(d * cfg.mlp_ratio)
+    if (cfg.projector_depth, cfg.projector_dim) == (2, 0):
+        return Mlp(in_features=d, hidden_features=hidden, out_features=d)
+    layers: list[nn.Module] = []
+    for i in range(cfg.projector_depth):
+        d_in, d_out = (d if i == 0 else hidden), (d if i == cfg.projector_depth - 1 else hidden)
+        layers += [nn.Linear(d_in, d_out, bias=False), nn.LayerNorm(d_out, eps=1e-6)]
+        if i < cfg.projector_depth - 1:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
 def hidden_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
     """Indices of the hidden patches in ascending order: bool (B, L) -> long (B, N_h)."""
     # Why: a stable sort of 0 (visible) / 1 (hidden) keys lists the hidden patches last, in image order.
@@ -315,7 +351,7 @@ class LatentMIM(nn.Module):
         self.cfg = cfg
         d, d_dec = cfg.embed_dim, cfg.decoder_embed_dim
         self.encoder = ViTEncoder(cfg)
-        self.projector = Mlp(in_features=d, hidden_features=int(d * cfg.mlp_ratio), out_features=d)
+        self.projector = build_projector(cfg)
         # The target encoder exists only with an EMA; "online" / "stopgrad" reuse self.encoder.
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if cfg.target == "ema" else None
         self.decoder_embed = nn.Linear(d, d_dec)
@@ -334,6 +370,9 @@ class LatentMIM(nn.Module):
         for module in (self.projector, self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_weights)  # MAE's initialisation; the encoder has its own
         nn.init.normal_(self.mask_token, std=0.02)
+        # The target's projector (reference code): an EMA copy of the initialised online one, or the online one.
+        self.target_projector = (copy.deepcopy(self.projector).requires_grad_(False)
+                                 if cfg.target_projector and cfg.target == "ema" else None)
 
     def scheduled_momentum(self) -> torch.Tensor:
         """The EMA momentum at the current progress, as a device scalar (read without a host sync)."""
@@ -344,12 +383,17 @@ class LatentMIM(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called by the trainer after each optimizer step: record ``progress`` in (0, 1], move the EMA.
 
-        target <- m * target + (1 - m) * online, with ``m = ema_momentum(progress)``.
+        target <- m * target + (1 - m) * online, with ``m = ema_momentum(progress)`` (the encoder, and
+        the projector with ``target_projector``).
         """
         self.progress.fill_(progress)
         if self.target_encoder is not None:
             m = ema_momentum(progress, self.cfg.momentum, self.cfg.momentum_end)
-            torch._foreach_lerp_(list(self.target_encoder.parameters()), list(self.encoder.parameters()), 1 - m)
+            target, online = list(self.target_encoder.parameters()), list(self.encoder.parameters())
+            if self.target_projector is not None:
+                target += list(self.target_projector.parameters())
+                online += list(self.projector.parameters())
+            torch._foreach_lerp_(target, online, 1 - m)
 
     # ------------------------------------------------------------------ masking
     def resolve_mask(self, images: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
@@ -393,7 +437,11 @@ class LatentMIM(nn.Module):
         encoder = self.target_encoder if self.target_encoder is not None else self.encoder
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.target == "online"):
             hidden = gather_tokens(encoder.embed(images), ids_hidden)  # (B, N_h, D), positions added
-            return encoder.forward_tokens(hidden)[:, 1:]
+            tokens = encoder.forward_tokens(hidden)  # (B, 1 + N_h, D)
+            if self.cfg.target_projector:  # reference code: the head on every token, CLS included
+                projector = self.target_projector if self.target_projector is not None else self.projector
+                tokens = projector(tokens)
+            return tokens[:, 1:]
 
     def decoder_context(self, encoded: EncoderOutput) -> torch.Tensor:
         """Visible latents at decoder width with their positions: (B, 1 + N_vis, D_dec) (CLS first)."""
