@@ -68,8 +68,9 @@ def paper_setting(method: str, preset: str) -> tuple[float, dict[str, Any]]:
     MAE hides 0.75 and MCM 0.25 at every size. At the papers' 224 px (196 patches): MiCL's paper
     hides 0.9, which its code turns into 9 patches per view (it keeps int(0.1 x 196) = 19, made
     even); ``num_hidden`` rounds 0.9 x 196 to 176 hidden (10 per view), so 0.91 (178 hidden) is
-    the paper's 9 per view. Latent MIM hides 0.9 (20 visible) with a 3-block decoder and 4-pixel
-    patch gaps (16-pixel patches in 20-pixel cells: the reference's 280 px input). With 64 patches
+    the paper's 9 per view. Latent MIM hides 0.9 (20 visible) with a 3-block decoder, 4-pixel
+    patch gaps (16-pixel patches in 20-pixel cells: the reference's 280 px input) and the reference
+    code's projector (3 layers, 4096 wide, on the online and the EMA target encoder's tokens). With 64 patches
     (tiny, small) both keep a quarter (0.75): 8 per MiCL view, 16 visible for Latent MIM.
     """
     papers_scale = PRESETS[preset]["img_size"] >= 224
@@ -80,7 +81,9 @@ def paper_setting(method: str, preset: str) -> tuple[float, dict[str, Any]]:
     if method == "micl":
         return (0.91 if papers_scale else 0.75), {}
     if method == "latent_mim":
-        return (0.9, {"decoder_depth": 3, "patch_gap": 4}) if papers_scale else (0.75, {})
+        reference = {"decoder_depth": 3, "patch_gap": 4, "projector_depth": 3, "projector_dim": 4096,
+                     "target_projector": True}
+        return (0.9, reference) if papers_scale else (0.75, {})
     raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
 
 

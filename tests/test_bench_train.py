@@ -15,8 +15,8 @@ FIELDS = ("method", "preset", "mask_ratio", "batch_size", "images_per_s", "step_
           "encoder_forward_gflop_per_image", "encoder_forward_share", "forward_gflop_by_part")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_train_script", ROOT / "benchmarks" / "bench_train.py")
+def load_script(name: str = "bench_train"):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,6 +64,28 @@ def test_every_method_at_the_tiny_preset_and_mcm_cost_falls_with_the_mask_ratio(
     full = sweep[0]["encoder_forward_gflop_per_image"]
     for row in sweep[1:]:
         assert row["encoder_forward_gflop_per_image"] / full == pytest.approx(row["visible_patches"] / 64, abs=0.04)
+    check_report(out, rows + sweep, tmp_path)
+
+
+def check_report(jsonl: Path, rows: list[dict], tmp_path: Path) -> None:
+    """bench_report.py turns the JSON lines into a fenced table (prose around it kept) and a plot."""
+    report = load_script("bench_report")
+    page, png = tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img" / "bench.png"
+    page.parent.mkdir()
+    page.write_text("# Benchmarks\n\nHand-written prose.\n")
+    report.main([str(jsonl), "--section", "cpu_methods", "--page", str(page), "--plot", str(png)])
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written prose.\n")
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[0].lstrip("| ") for line in table] == [report.NAMES[r["method"]] for r in rows]
+    assert f"{rows[0]['images_per_s']:,.1f}" in table[0] and "(img/bench.png)" in text
+    assert png.stat().st_size > 10_000
+    report.main([str(jsonl), "--section", "cpu_methods", "--page", str(page)])  # re-run: replaced, not appended
+    assert page.read_text().count("<!-- begin generated: cpu_methods -->") == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(SystemExit):
+        report.main([str(bad), "--section", "x", "--page", str(page)])
 
 
 def test_paper_settings_and_bad_settings(bench, capsys):
@@ -71,7 +93,8 @@ def test_paper_settings_and_bad_settings(bench, capsys):
     assert bench.paper_setting("micl", "base") == (0.91, {})  # 9 patches per view, as MiCL's code at 0.9
     from mcm_core.models.micl import view_size
     assert view_size(196, 0.91) == 9
-    assert bench.paper_setting("latent_mim", "large") == (0.9, {"decoder_depth": 3, "patch_gap": 4})
+    assert bench.paper_setting("latent_mim", "large") == (0.9, {"decoder_depth": 3, "patch_gap": 4, "projector_depth": 3,
+                                                                "projector_dim": 4096, "target_projector": True})
     assert bench.paper_setting("latent_mim", "tiny") == (0.75, {})
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--methods", "latent_mim", "--mask-ratios", "0"])  # nothing hidden to predict
