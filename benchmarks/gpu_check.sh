@@ -9,6 +9,7 @@
 #   gpu_check.log       the whole log
 #   bench_train.jsonl   one JSON line per benchmark run (the rows for docs/benchmarks.md)
 #   pytest_gpu.log      the GPU tests' output
+#   benchmarks_gpu.md, bench_gpu.png   the rows as docs/benchmarks.md's table and plot (bench_report.py)
 # Each step has a time limit and the script stops starting steps after BUDGET seconds (default 450),
 # so a slow torch.compile costs only its own step. Run order = priority: tests, eager ViT-B, the
 # mask-ratio sweep, ViT-L, then the compiled runs.
@@ -100,4 +101,7 @@ for line in open(sys.argv[1]):
           f"{r['gflop_per_image']:>7.2f} GFLOP/img {r['tflops']:>6.1f} TFLOP/s {r.get('peak_mem_gib', 0):>6.2f} GiB "
           f"enc share {r['encoder_forward_share']:.3f}" + (f" {r['compile_stats']}" if r.get("compile_stats") else ""))
 EOF
+# The table and plot for docs/benchmarks.md (matplotlib is in the image); paste the section into the page.
+[ -f "$OUT/bench_train.jsonl" ] && "$PY" benchmarks/bench_report.py "$OUT/bench_train.jsonl" --section gpu_bench \
+    --page "$OUT/benchmarks_gpu.md" --plot "$OUT/bench_gpu.png" > /dev/null && echo "### wrote $OUT/benchmarks_gpu.md"
 } 2>&1 | tee -a "$OUT/gpu_check.log"
