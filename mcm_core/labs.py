@@ -280,7 +280,7 @@ def check_lab(data: Any, notebooks_dir: Path, source: str | Path | None) -> Lab:
             raise LabError(f"figure {key} {figure[key]!r} is not a parameter of this lab; "
                            f"one of {names}")
     if figure.get("x") is not None and figure.get("mean_over") is not None:
-        raise LabError(f"give figure 'x' (lines over a parameter) or 'mean_over' (bars averaged "
+        raise LabError("give figure 'x' (lines over a parameter) or 'mean_over' (bars averaged "
                        "over a parameter), not both")
     xlabel = figure.get("xlabel")
     if xlabel is not None and not isinstance(xlabel, str):

@@ -1,7 +1,6 @@
 """The training-step benchmark runs end to end on the CPU and reports what it promises (no timing checks)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,22 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("method", "preset", "mask_ratio", "batch_size", "images_per_s", "step_ms", "gflop_per_image", "tflops",
           "device", "torch", "timm", "mcm_core", "precision", "compile", "date", "forward_gflop_per_image",
           "encoder_forward_gflop_per_image", "encoder_forward_share", "forward_gflop_by_part")
 
 
-def load_script(name: str = "bench_train"):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def bench():
-    return load_script()
+def bench(benchmark_script):
+    return benchmark_script("bench_train")
 
 
 def check_row(row: dict) -> None:
@@ -39,7 +31,8 @@ def check_row(row: dict) -> None:
     assert math.isclose(sum(row["forward_gflop_by_part"].values()), row["forward_gflop_per_image"], rel_tol=1e-3)
 
 
-def test_every_method_at_the_tiny_preset_and_mcm_cost_falls_with_the_mask_ratio(bench, tmp_path, capsys):
+def test_every_method_at_the_tiny_preset_and_mcm_cost_falls_with_the_mask_ratio(bench, benchmark_script, tmp_path,
+                                                                                 capsys):
     out = tmp_path / "bench.jsonl"
     common = ["--device", "cpu", "--presets", "tiny", "--batch-size", "4", "--steps", "1", "--warmup", "0",
               "--out", str(out)]
@@ -64,12 +57,11 @@ def test_every_method_at_the_tiny_preset_and_mcm_cost_falls_with_the_mask_ratio(
     full = sweep[0]["encoder_forward_gflop_per_image"]
     for row in sweep[1:]:
         assert row["encoder_forward_gflop_per_image"] / full == pytest.approx(row["visible_patches"] / 64, abs=0.04)
-    check_report(out, rows + sweep, tmp_path)
+    check_report(benchmark_script("bench_report"), out, rows + sweep, tmp_path)
 
 
-def check_report(jsonl: Path, rows: list[dict], tmp_path: Path) -> None:
+def check_report(report, jsonl: Path, rows: list[dict], tmp_path: Path) -> None:
     """bench_report.py turns the JSON lines into a fenced table (prose around it kept) and a plot."""
-    report = load_script("bench_report")
     page, png = tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img" / "bench.png"
     page.parent.mkdir()
     page.write_text("# Benchmarks\n\nHand-written prose.\n")

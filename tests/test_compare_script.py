@@ -1,9 +1,7 @@
 """The comparison script runs end to end on a tiny budget; its summary and plot are pure functions."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import matplotlib
 import pytest
@@ -12,14 +10,7 @@ matplotlib.use("Agg")
 
 from mcm_core.compare_viz import plot_accuracy_vs_flops, summarize  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_rows() -> list[dict]:
@@ -46,8 +37,8 @@ def test_summarize_rejects_rows_without_a_method():
         summarize([{"dataset": "shapes"}])
 
 
-def test_directions_are_computed_from_the_numbers():
-    compare = load_script()
+def test_directions_are_computed_from_the_numbers(benchmark_script):
+    compare = benchmark_script("compare_methods")
     verdicts = {d["key"]: d["verdict"] for d in compare.directions(summarize(fake_rows()))}
     assert verdicts["micl"] == "holds"  # kNN 0.65 > MAE's 0.6
     assert verdicts["latent_mim"].startswith("not measured (ImportError")
@@ -72,8 +63,8 @@ def test_plot_rejects_unknown_metrics_and_empty_input():
         plot_accuracy_vs_flops(summarize(fake_rows()[-1:]))
 
 
-def test_script_smoke_every_method_present_or_skipped(tmp_path, monkeypatch):
-    compare = load_script()
+def test_script_smoke_every_method_present_or_skipped(tmp_path, monkeypatch, benchmark_script):
+    compare = benchmark_script("compare_methods")
     monkeypatch.setattr(compare, "METHODS", compare.METHODS + [
         ("ghost", "a method that is not registered", dict(method="no_such_method", masking="random", mask_ratio=None))])
     report, out = tmp_path / "compare.md", tmp_path / "runs"

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +21,6 @@ from mcm_core.models import build_model
 from mcm_core.models.backbone import mask_ids
 from mcm_core.train import Trainer, ema_update, param_groups
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (method, training mask ratio, model overrides): every method, and the switches with their own code paths.
 SETTINGS = [("mae", 0.75, {}), ("mcm", 0.25, {}), ("mcm", 0.0, {"disentangle_weight": 0.5}), ("micl", 0.75, {}),
@@ -167,10 +164,8 @@ def test_cuda_u8_to_float_equals_cpu():
 
 @pytest.mark.gpu
 @needs_cuda
-def test_bench_train_runs_on_cuda(capsys):
-    spec = importlib.util.spec_from_file_location("bench_train_gpu", ROOT / "benchmarks" / "bench_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_train_runs_on_cuda(capsys, benchmark_script):
+    bench = benchmark_script("bench_train")
     with tempfile.TemporaryDirectory() as out:
         rows = bench.main(["--device", "cuda", "--presets", "tiny", "--batch-size", "16", "--steps", "2",
                            "--warmup", "1", "--out", f"{out}/b.jsonl"])

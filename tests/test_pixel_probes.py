@@ -1,18 +1,11 @@
 """benchmarks/pixel_probes.py: the noise texture is invisible to a linear read-out of the pixels, colour is not."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_noise_needs_a_nonlinearity_and_colour_does_not(capsys):
-    spec = importlib.util.spec_from_file_location("pixel_probes_script", ROOT / "benchmarks" / "pixel_probes.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_noise_needs_a_nonlinearity_and_colour_does_not(capsys, benchmark_script):
+    script = benchmark_script("pixel_probes")
     aucs = script.main(["--train", "400", "--test", "200"])
     assert aucs["raw pixels"]["noisy_background"] < 0.7  # zero-mean texture: averaged away by any linear map
     assert aucs["|horizontal pixel difference|"]["noisy_background"] > 0.95

@@ -1,25 +1,16 @@
 """The results study script runs end to end on a tiny budget and writes its report."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("results_script", ROOT / "benchmarks" / "results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
-def test_results_pipeline_smoke(tmp_path, monkeypatch):
-    results = load_script()
+def test_results_pipeline_smoke(tmp_path, monkeypatch, benchmark_script):
+    results = benchmark_script("results")
     small = {"embed_dim": 64, "depth": 2, "num_heads": 2}
     monkeypatch.setattr(results, "SHAPES_RUNS", [
         ("MCM, mask 0", dict(method="mcm", mask_ratio=0.0, model=small)),
