@@ -23,6 +23,7 @@ This module never imports the models: the training loop passes the affinity in.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -301,7 +302,7 @@ class HierarchyTree:
         return (is_root.long().cumsum(1) - 1).gather(1, parent)
 
 
-def _check_affinity(affinity: Tensor, grid: Grid) -> None:
+def _check_affinity(affinity: Tensor, grid: Grid, check_finite: bool = True) -> None:
     L = grid[0] * grid[1]
     if affinity.dim() != 3 or affinity.shape[1:] != (L, L):
         raise ValueError(f"affinity must be (B, L, L) with L = {L} patches of grid {grid}, got "
@@ -309,11 +310,12 @@ def _check_affinity(affinity: Tensor, grid: Grid) -> None:
     if not affinity.is_floating_point():
         raise ValueError(f"affinity must be a float tensor, got {affinity.dtype}")
     # Why: one sum is cheaper than a full isfinite pass; NaN/inf anywhere make it non-finite.
-    if not bool(torch.isfinite(affinity.sum())) and not bool(torch.isfinite(affinity).all()):
+    if check_finite and not bool(torch.isfinite(affinity.sum())) and not bool(torch.isfinite(affinity).all()):
         raise ValueError("affinity contains inf or NaN; clamp or fix the attention maps first")
 
 
-def build_tree(affinity: Tensor, grid: Sequence[int], adjacency: bool = True) -> HierarchyTree:
+def build_tree(affinity: Tensor, grid: Sequence[int], adjacency: bool = True,
+               check_finite: bool = True) -> HierarchyTree:
     """Agglomerative clustering of each image's patches into a binary tree.
 
     Average linkage on the symmetrized affinity ``(A + A^T) / 2``: the similarity of two
@@ -334,22 +336,33 @@ def build_tree(affinity: Tensor, grid: Sequence[int], adjacency: bool = True) ->
             tokens, or attention summed over layers and heads).
         grid: (gh, gw) with ``gh * gw = L``.
         adjacency: restrict merges to spatially adjacent groups.
+        check_finite: raise on inf/NaN in the affinity (reads one value back from a GPU).
     Returns:
-        :class:`HierarchyTree` on the affinity's device.
+        :class:`HierarchyTree` on the affinity's device. Nothing is read back from a GPU
+        except the finiteness check.
     """
     grid = _check_grid(grid)
-    _check_affinity(affinity, grid)
+    _check_affinity(affinity, grid, check_finite)
     with torch.no_grad():
         return _agglomerate(affinity.detach().float(), grid, adjacency)
 
 
+@functools.lru_cache(maxsize=64)
 def _patch_edges(grid: Grid, adjacency: bool, device: torch.device) -> Tensor:
-    """Candidate patch pairs (E, 2) with p < q, sorted by (p, q): 4-neighbours, or all pairs."""
+    """Candidate patch pairs (E, 2) with p < q, sorted by (p, q): 4-neighbours, or all pairs.
+
+    Built on the CPU (the boolean selection would read back from a GPU) and cached per grid
+    and device, so a training step copies nothing; callers must not modify the result.
+    """
+    return _patch_edges_cpu(grid, adjacency).to(device)
+
+
+def _patch_edges_cpu(grid: Grid, adjacency: bool) -> Tensor:
     gh, gw = grid
     L = gh * gw
     if not adjacency:
-        return torch.triu_indices(L, L, 1, device=device).T
-    p = torch.arange(L, device=device)
+        return torch.triu_indices(L, L, 1).T
+    p = torch.arange(L)
     right, down = p[p % gw < gw - 1], p[p // gw < gh - 1]
     edges = torch.cat((torch.stack((right, right + 1), 1), torch.stack((down, down + gw), 1)))
     return edges[(edges[:, 0] * L + edges[:, 1]).argsort()]
@@ -413,8 +426,15 @@ class _Agglomerator:
         self.score = torch.where(at_u | at_v, mean.gather(1, torch.where(at_u, gv, gu)), self.score)
         return record
 
-    def compact(self) -> None:
-        """Drop edges inside a group and repeated group pairs, keeping edge order (so ties)."""
+    def compact(self, groups: int, adjacency: bool, exact: bool) -> None:
+        """Drop edges inside a group and repeated group pairs, keeping edge order (so ties).
+
+        The new width is the most kept edges of any image when ``exact`` (a read-back: free on
+        the CPU), else an upper bound known on the host: at most ``3 g - 6`` distinct pairs of
+        ``g`` connected regions of a grid (their contact graph is planar), ``g (g - 1) / 2``
+        without adjacency. Either way kept edges come first in their old order and the padding
+        after them repeats a kept pair's score or holds -inf, so the merges are identical.
+        """
         B, L = self.label.shape
         gu, gv = self.gu, self.gv
         inside = L * L
@@ -423,10 +443,26 @@ class _Agglomerator:
         repeat = torch.cat((torch.zeros_like(sorted_key[:, :1], dtype=torch.bool),
                             sorted_key[:, 1:] == sorted_key[:, :-1]), dim=1) | (sorted_key == inside)
         drop = torch.empty_like(repeat).scatter_(1, perm, repeat)
-        keep = max(int((~drop).sum(dim=1).max()), 1)  # same width for all images; the rest is padding
+        if exact:
+            keep = int((~drop).sum(dim=1).max())  # same width for all images; the rest is padding
+        else:
+            keep = min(gu.shape[1], max_group_pairs(groups, adjacency))
+        keep = max(keep, 1)
         order = drop.to(torch.int8).argsort(dim=1, stable=True)[:, :keep]  # kept edges first, in order
         self.pu, self.pv, self.gu, self.gv, self.score = (
             t.gather(1, order) for t in (self.pu, self.pv, gu, gv, self.score))
+
+
+# None: the exact compaction width on the CPU, the host-side bound elsewhere (no GPU read-back).
+# The tests set it to compare both; the trees are identical.
+EXACT_COMPACTION: bool | None = None
+
+
+def max_group_pairs(groups: int, adjacency: bool) -> int:
+    """Most distinct pairs of ``groups`` groups that can share an edge (see ``_Agglomerator.compact``)."""
+    if not adjacency:
+        return groups * (groups - 1) // 2
+    return groups - 1 if groups <= 2 else 3 * groups - 6
 
 
 def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool) -> HierarchyTree:
@@ -438,6 +474,7 @@ def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool) -> HierarchyTree
     state = _Agglomerator(affinity, grid, adjacency)
     nodes, slots, heights = [], [], []
     last_compaction = L
+    exact = affinity.device.type == "cpu" if EXACT_COMPACTION is None else EXACT_COMPACTION
     for m in range(L - 1):
         node_pair, slot_pair, height = state.step(m)
         nodes.append(node_pair)
@@ -445,7 +482,7 @@ def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool) -> HierarchyTree
         heights.append(height)
         groups = L - 1 - m
         if 2 <= groups <= last_compaction // 2:
-            state.compact()
+            state.compact(groups, adjacency, exact)
             last_compaction = groups
     heights_t = torch.cat(heights, dim=1).to(affinity.dtype)
     return HierarchyTree(torch.stack(nodes, 1), heights_t, grid, torch.stack(slots, 1))
@@ -537,13 +574,17 @@ class HierarchicalMasker:
         min_nodes: K at the end of training (our choice: 4).
         adjacency: merge only 4-adjacent groups (our choice; False = plain clustering).
         schedule: ``"sqrt"`` (our choice) or ``"linear"``.
+        check_finite: reject a non-finite affinity with a clear error (one read-back per batch).
+            The trainer turns it off on a GPU: there a non-finite affinity can only come from
+            non-finite EMA weights, whose loss the trainer's non-finite check already stops.
     """
 
     name = "hierarchical"
 
     def __init__(self, grid: Sequence[int], min_nodes: int = 4, adjacency: bool = True,
-                 schedule: str = "sqrt") -> None:
+                 schedule: str = "sqrt", check_finite: bool = True) -> None:
         self.grid = _check_grid(grid)
+        self.check_finite = bool(check_finite)
         self.num_patches = self.grid[0] * self.grid[1]
         self.min_nodes = int(min_nodes)
         self.adjacency = bool(adjacency)
@@ -559,7 +600,7 @@ class HierarchicalMasker:
         """Mask for a batch from its affinity (B, L, L); all outputs on the affinity's device."""
         k = self.num_nodes(progress)
         num_hidden(self.num_patches, mask_ratio)  # fail before the expensive tree
-        tree = build_tree(affinity, self.grid, self.adjacency)
+        tree = build_tree(affinity, self.grid, self.adjacency, check_finite=self.check_finite)
         labels = tree.labels_at(k)
         mask, order = mask_whole_nodes(labels, k, mask_ratio, generator)
         return HierarchicalMaskOutput(mask, tree, labels, k, order)

@@ -231,8 +231,10 @@ class Trainer:
         self.dataset = training_data(cfg)
         self.model = model_for_data(cfg, self.dataset).to(self.device)
         self.grid = self.model.cfg.grid
+        # On a GPU the hierarchical masker skips its finiteness read-back (the loss check covers it).
         self.masker = make_masker(cfg.masking, self.grid, **(
-            {"min_nodes": cfg.hierarchy_min_nodes} if cfg.masking == "hierarchical" else {}))
+            {"min_nodes": cfg.hierarchy_min_nodes, "check_finite": self.device.type == "cpu"}
+            if cfg.masking == "hierarchical" else {}))
         self.ema = None
         if cfg.masking == "hierarchical":
             self.ema = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()

@@ -80,6 +80,19 @@ def test_the_step_reads_nothing_back(meta_autocast, method, ratio, overrides):
         assert out.loss.device.type == "meta" and all(v.device.type == "meta" for v in out.losses.values())
 
 
+@pytest.mark.parametrize("kind", ["tokens", "attention"])
+def test_hierarchical_masking_reads_nothing_back_without_its_finiteness_check(kind):
+    """The EMA encoder's affinity, the tree, the cut and the node mask, on the meta device."""
+    with torch.device("meta"):
+        model = build_model("mae", "tiny")
+        images = torch.rand(4, 3, 32, 32)
+    affinity = model.encoder.patch_affinity(images, kind=kind)
+    for adjacency in (True, False):
+        masker = make_masker("hierarchical", (8, 8), adjacency=adjacency, check_finite=False)
+        mask = masker(4, 0.75, affinity=affinity, progress=0.5, generator=None)
+        assert mask.device.type == "meta" and mask.shape == (4, 64) and mask.dtype == torch.bool
+
+
 def test_device_batches_equal_the_dataloader(tmp_path):
     for data in ({"size": 40}, {"size": 40, "cache_limit_mb": 0}):  # cached and rendered on demand
         t = Trainer(TrainConfig(method="mcm", steps=6, batch_size=16, data=data, device="cpu", progress=False,
@@ -116,6 +129,29 @@ def test_cuda_train_step_never_synchronizes(tmp_path, method, ratio, overrides):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(v.is_cuda for v in metrics.values()) and torch.isfinite(metrics["loss"]).item()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("method", ["mae", "mcm"])
+def test_cuda_hierarchical_step_never_synchronizes_and_masks_like_the_cpu(tmp_path, method):
+    t = trainer(tmp_path, method, 0.5, "cuda", masking="hierarchical")
+    assert not t.masker.check_finite  # the loss check covers a non-finite affinity on a GPU
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    images = torch.rand(16, 3, 32, 32, device="cuda", generator=gen)
+    targets = torch.randint(0, 2, (16, 13), device="cuda", generator=gen).float()
+    t.train_step(images, targets)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        t.train_step(images, targets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    affinity = torch.rand(8, 64, 64, generator=torch.Generator().manual_seed(3))
+    masker = make_masker("hierarchical", (8, 8))
+    on_cpu = masker.sample(affinity, 0.5, 0.5, torch.Generator().manual_seed(4))
+    on_gpu = masker.sample(affinity.cuda(), 0.5, 0.5, torch.Generator(device="cuda").manual_seed(4))
+    assert torch.equal(on_gpu.labels.cpu(), on_cpu.labels)  # the same tree and cut (the node order may differ)
 
 
 @pytest.mark.gpu

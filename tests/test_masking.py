@@ -296,6 +296,36 @@ def test_tree_matches_naive_average_linkage(adjacency):
         assert torch.allclose(tree.heights[b].double(), torch.tensor(heights, dtype=torch.float64), atol=1e-5)
 
 
+@pytest.mark.parametrize("adjacency", [True, False])
+@pytest.mark.parametrize("grid", [(8, 8), (5, 7)])
+def test_host_bound_compaction_builds_the_same_trees_as_the_exact_one(monkeypatch, adjacency, grid):
+    """The GPU path pads compacted edges to a bound known on the host: same merges and heights, ties included."""
+    import mcm_core.masking as masking
+
+    n = grid[0] * grid[1]
+    for affinity in (rand_affinity(3, n, seed=7), (rand_affinity(3, n, seed=8) * 4).round()):  # many ties
+        trees = []
+        for exact in (True, False):
+            monkeypatch.setattr(masking, "EXACT_COMPACTION", exact)
+            trees.append(build_tree(affinity, grid, adjacency=adjacency))
+        assert torch.equal(trees[0].merges, trees[1].merges) and torch.equal(trees[0].heights, trees[1].heights)
+
+
+def test_group_pair_bound():
+    from mcm_core.masking import max_group_pairs
+
+    assert [max_group_pairs(g, True) for g in (1, 2, 3, 4, 10)] == [0, 1, 3, 6, 24]  # planar: 3g - 6
+    assert [max_group_pairs(g, False) for g in (1, 2, 3, 10)] == [0, 1, 3, 45]
+
+
+def test_build_tree_rejects_a_non_finite_affinity_unless_told_not_to_check():
+    affinity = rand_affinity(2, L)
+    affinity[1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="inf or NaN"):
+        build_tree(affinity, GRID)
+    assert build_tree(affinity, GRID, check_finite=False).merges.shape == (2, L - 1, 2)  # no read-back
+
+
 def test_ties_are_deterministic():
     affinity = torch.ones(2, 16, 16)  # everything ties
     a, b = build_tree(affinity, (4, 4)), build_tree(affinity, (4, 4))
