@@ -91,6 +91,10 @@ for method in mae micl latent_mim mcm; do
         --compile --warmup 5 --steps 15
 done
 
+# 6. Lowest priority: evolved hierarchical masking (the EMA affinity pass + tree) on MAE and MCM, eager.
+step "eager ViT-B, hierarchical masking" 90 "${BENCH[@]}" --presets base --batch-size 256 --methods mae mcm \
+    --masking hierarchical
+
 echo "### done at $((SECONDS - START))s; rows:"
 [ -f "$OUT/bench_train.jsonl" ] && "$PY" - "$OUT/bench_train.jsonl" <<'EOF'
 import json, sys
