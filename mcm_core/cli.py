@@ -265,15 +265,30 @@ def reconstruction_over(model: Any, dataset: Any, mask_ratio: float, seed: int) 
     return {"mse": mse, "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else float("inf"), "mask_ratio": mask_ratio}
 
 
-def concept_report(model: Any, dataset: Any) -> Any:
-    """MCM's concept metrics on full images, named after the model's concepts."""
+def concept_report(model: Any, dataset: Any) -> tuple[Any, float | None]:
+    """MCM's concept metrics on full images, named after the model's concepts, and the class accuracy.
+
+    The class accuracy (top-1: the argmax of the concept logits against the one positive) is
+    given when every target row has exactly one positive, i.e. on class data such as
+    Fashion-MNIST, whose classes are trained as one-hot concepts; otherwise None.
+    """
     from mcm_core.evaluate import concept_metrics, predict_concepts
 
     logits, targets = predict_concepts(model, dataset, batch_size=EVAL_BATCH)
     if targets.shape[1] != model.cfg.num_concepts:
         raise ValueError(f"the data have {targets.shape[1]} concepts but the model has "
                          f"{model.cfg.num_concepts}; evaluate on the data set it was trained on")
-    return concept_metrics(logits, targets, names=concept_names(model))
+    one_hot = len(targets) > 0 and bool((targets.sum(1) == 1).all())
+    accuracy = float((logits.argmax(1) == targets.argmax(1)).float().mean()) if one_hot else None
+    return concept_metrics(logits, targets, names=concept_names(model)), accuracy
+
+
+def concept_metrics_dict(report: Any, class_accuracy: float | None) -> dict[str, Any]:
+    """The report's dict, plus ``class_accuracy`` on class data."""
+    out = report.to_dict()
+    if class_accuracy is not None:
+        out["class_accuracy"] = class_accuracy
+    return out
 
 
 def concept_names(model: Any) -> list[str]:
@@ -304,6 +319,8 @@ def summary_line(metrics: dict[str, Any]) -> str:
     if "concepts" in metrics:
         macro = metrics["concepts"]["macro"]
         parts.append(f"concepts macro acc {fmt(macro['accuracy'])}  f1 {fmt(macro['f1'])}  auc {fmt(macro['auc'])}")
+        if "class_accuracy" in metrics["concepts"]:
+            parts.append(f"class accuracy {fmt(metrics['concepts']['class_accuracy'])}")
     if "reconstruction" in metrics:
         rec = metrics["reconstruction"]
         parts.append(f"reconstruction mse {fmt(rec['mse'], 4)}  psnr {fmt(rec['psnr'], 2)} dB "
@@ -379,7 +396,7 @@ class RunEvaluator:
         if self.split != "val":
             metrics["notes"].append(f"{self.cfg.dataset} has no val split; evaluated on {self.split}")
         if predicts_concepts(model):
-            metrics["concepts"] = concept_report(model, data).to_dict()
+            metrics["concepts"] = concept_metrics_dict(*concept_report(model, data))
         if (why := no_reconstruction(model)) is not None:
             metrics["notes"].append(why)
         else:
@@ -513,9 +530,11 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {"checkpoint": str(path), "method": info.method, "step": step, "dataset": name,
                                "split": args.split, "num_images": len(data), "notes": []}
     if predicts_concepts(model):
-        report = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size))
-        metrics["concepts"] = report.to_dict()
+        report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size))
+        metrics["concepts"] = concept_metrics_dict(report, class_accuracy)
         print(f"\nconcepts (full images, logit > 0):\n{report.format()}\n")
+        if class_accuracy is not None:
+            print(f"class accuracy (argmax of the concept logits): {fmt(class_accuracy)}\n")
     if (why := no_reconstruction(model)) is not None:
         metrics["notes"].append(why)
     else:

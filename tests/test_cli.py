@@ -242,6 +242,22 @@ def test_mae_on_classes_until_resume_and_knn(tmp_path, capsys):
     assert "needs an MCM checkpoint" in capsys.readouterr().err
 
 
+def test_mcm_on_class_data_reports_the_class_accuracy(tmp_path, capsys):
+    """Classes are trained as one-hot concepts; eval also gives top-1 accuracy (argmax of the concept logits)."""
+    run = tmp_path / "mcm_digits"
+    assert main(["train", "--method", "mcm", "--dataset", "digits", "--steps", "2", "--batch-size", "8",
+                 "--eval-size", "16", "--model", SMALL, "--no-progress", "--out-dir", str(run)]) == 0
+    assert 0 <= strict_json(run / "metrics.json")["concepts"]["class_accuracy"] <= 1
+    assert "class accuracy" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run), "--size", "32"]) == 0
+    accuracy = strict_json(run / "eval_digits_test.json")["concepts"]["class_accuracy"]
+    assert f"class accuracy (argmax of the concept logits): {accuracy:.3f}" in capsys.readouterr().out
+    shapes = tmp_path / "mcm_shapes"  # several concepts per image: no class accuracy
+    assert main(["train", "--method", "mcm", "--steps", "1", "--batch-size", "8", "--eval-size", "16",
+                 "--set", "data.size=32", "--model", SMALL, "--no-progress", "--out-dir", str(shapes)]) == 0
+    assert "class_accuracy" not in strict_json(shapes / "metrics.json")["concepts"]
+
+
 def test_supervised_reference_trains_and_reports_concepts_without_reconstruction(tmp_path):
     """The supervised model has concepts but no pixel decoder: concept metrics, a note, no crash."""
     run = tmp_path / "sup"
