@@ -151,6 +151,10 @@ def add_eval(sub: Any) -> None:
                         help="linear-probe accuracy on frozen CLS features (per-concept probes on concept data)")
     parser.add_argument("--train-size", type=int, default=2000, metavar="N",
                         help="training images (first N of the train split) for --knn / --probe (default: 2000)")
+    parser.add_argument("--prior-threshold", action="store_true",
+                        help="concept metrics at per-concept logit thresholds log((1 - f) / f) that undo the "
+                             "loss's frequency weighting (predict a concept when it is more likely than not "
+                             "under the training frequencies f) instead of logit 0 (the balanced decision)")
     parser.add_argument("--edit", action="store_true",
                         help="MCM only: fraction of single-concept edits that flip the re-encoded prediction")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random masks (default: 0)")
@@ -265,14 +269,16 @@ def reconstruction_over(model: Any, dataset: Any, mask_ratio: float, seed: int) 
     return {"mse": mse, "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else float("inf"), "mask_ratio": mask_ratio}
 
 
-def concept_report(model: Any, dataset: Any) -> tuple[Any, float | None]:
+def concept_report(model: Any, dataset: Any, prior_threshold: bool = False) -> tuple[Any, float | None]:
     """MCM's concept metrics on full images, named after the model's concepts, and the class accuracy.
 
     The class accuracy (top-1: the argmax of the concept logits against the one positive) is
     given when every target row has exactly one positive, i.e. on class data such as
     Fashion-MNIST, whose classes are trained as one-hot concepts; otherwise None.
+    ``prior_threshold``: per-concept thresholds that undo the loss's frequency weighting
+    (``evaluate.prior_thresholds``) instead of logit 0.
     """
-    from mcm_core.evaluate import concept_metrics, predict_concepts
+    from mcm_core.evaluate import concept_metrics, predict_concepts, prior_thresholds
 
     logits, targets = predict_concepts(model, dataset, batch_size=EVAL_BATCH)
     if targets.shape[1] != model.cfg.num_concepts:
@@ -280,7 +286,8 @@ def concept_report(model: Any, dataset: Any) -> tuple[Any, float | None]:
                          f"{model.cfg.num_concepts}; evaluate on the data set it was trained on")
     one_hot = len(targets) > 0 and bool((targets.sum(1) == 1).all())
     accuracy = float((logits.argmax(1) == targets.argmax(1)).float().mean()) if one_hot else None
-    return concept_metrics(logits, targets, names=concept_names(model)), accuracy
+    threshold = prior_thresholds(model) if prior_threshold else 0.0
+    return concept_metrics(logits, targets, names=concept_names(model), threshold=threshold), accuracy
 
 
 def concept_metrics_dict(report: Any, class_accuracy: float | None) -> dict[str, Any]:
@@ -530,9 +537,11 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {"checkpoint": str(path), "method": info.method, "step": step, "dataset": name,
                                "split": args.split, "num_images": len(data), "notes": []}
     if predicts_concepts(model):
-        report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size))
+        report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size),
+                                                prior_threshold=args.prior_threshold)
         metrics["concepts"] = concept_metrics_dict(report, class_accuracy)
-        print(f"\nconcepts (full images, logit > 0):\n{report.format()}\n")
+        rule = "logit > log((1 - f) / f), f = training frequency" if args.prior_threshold else "logit > 0"
+        print(f"\nconcepts (full images, {rule}):\n{report.format()}\n")
         if class_accuracy is not None:
             print(f"class accuracy (argmax of the concept logits): {fmt(class_accuracy)}\n")
     if (why := no_reconstruction(model)) is not None:

@@ -159,14 +159,15 @@ class ConceptReport:
             and the confusion counts ``tp``, ``fp``, ``fn``, ``tn``.
         macro: unweighted mean over concepts of each metric; ``auc`` averages only the
             concepts where it is defined (nan when none is).
-        threshold: the logit threshold used for the predictions.
+        threshold: the logit threshold used for the predictions: one for every concept, or a
+            list of K (e.g. :func:`prior_thresholds`).
         num_samples: N.
     """
 
     names: list[str]
     per_concept: list[dict[str, Any]]
     macro: dict[str, float]
-    threshold: float = 0.0
+    threshold: float | list[float] = 0.0
     num_samples: int = 0
 
     @property
@@ -238,14 +239,14 @@ def macro_average(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def concept_metrics(logits: Tensor, targets: Tensor, names: list[str] | None = None,
-                    threshold: float = 0.0) -> ConceptReport:
+                    threshold: float | list[float] | Tensor = 0.0) -> ConceptReport:
     """Binary metrics of every concept.
 
     Args:
         logits: (N, K) concept scores; a concept is predicted present when its logit > ``threshold``.
         targets: (N, K) 0/1 labels.
         names: K concept names (default ``concept_0 ... concept_{K-1}``).
-        threshold: logit threshold (0 = probability 0.5).
+        threshold: logit threshold (0 = probability 0.5), one for all concepts or K of them (K,).
     Returns:
         A :class:`ConceptReport`. Precision, recall and F1 are 0 where undefined (no predicted
         or no true positives), as scikit-learn's ``zero_division=0``; AUC is nan for a
@@ -262,10 +263,41 @@ def concept_metrics(logits: Tensor, targets: Tensor, names: list[str] | None = N
     names = [f"concept_{i}" for i in range(k)] if names is None else list(names)
     if len(names) != k:
         raise ValueError(f"got {len(names)} names for {k} concepts; pass one name per column of logits")
-    counts = confusion_counts(logits > threshold, targets)
+    cut = torch.as_tensor(threshold, dtype=torch.float32).detach().cpu()
+    if cut.ndim > 1 or (cut.ndim == 1 and cut.shape[0] != k):
+        raise ValueError(f"threshold must be one number or one per concept ({k}), got shape {tuple(cut.shape)}")
+    counts = confusion_counts(logits > cut, targets)
     scores, truth = logits.numpy(), targets.numpy()
     rows = [concept_row(names[i], counts[i], binary_auc(scores[:, i], truth[:, i])) for i in range(k)]
-    return ConceptReport(names, rows, macro_average(rows), float(threshold), int(logits.shape[0]))
+    used = float(cut) if cut.ndim == 0 else [round(float(t), 6) for t in cut]
+    return ConceptReport(names, rows, macro_average(rows), used, int(logits.shape[0]))
+
+
+def prior_thresholds(model_or_freq: nn.Module | list[float] | Tensor) -> Tensor:
+    """Per-concept logit thresholds that undo the frequency weighting of the concept loss: (K,).
+
+    The concept loss weights positives by ``0.5 / f`` and negatives by ``0.5 / (1 - f)``, so its
+    logits are those of a balanced data set: ``log((1 - f) / f)`` above the logits under the
+    data's own frequencies ``f``. Thresholding there (instead of at 0, the balanced decision)
+    predicts a concept when its probability under the true frequencies exceeds 0.5: fewer false
+    positives for rare concepts, which raises precision, accuracy and usually F1, at the cost of
+    recall. AUC does not change.
+
+    Args:
+        model_or_freq: an MCM or supervised model (its ``cfg.concept_freq``; all 0 when it has
+            none) or the K frequencies. Frequencies are clamped to [0.01, 0.99], as in the loss.
+    """
+    from mcm_core.models.concept_loss import concept_prior
+
+    if isinstance(model_or_freq, nn.Module):  # no concept_freq: an unweighted loss, thresholds 0
+        cfg = model_or_freq.cfg
+        prior = concept_prior(getattr(cfg, "concept_freq", None), cfg.num_concepts)
+    else:
+        values = [float(f) for f in torch.as_tensor(model_or_freq).flatten()]
+        if not values or not all(0 < f < 1 for f in values):
+            raise ValueError(f"concept frequencies must lie in (0, 1), got {values[:5]}")
+        prior = concept_prior(values, len(values))
+    return torch.log((1 - prior) / prior)
 
 
 def predict_concepts(model: nn.Module, dataset_or_loader: DataSource, batch_size: int = 256,

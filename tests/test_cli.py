@@ -10,12 +10,14 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from mcm_core.checkpoint import load_checkpoint
 from mcm_core.cli import build_parser, main
 from mcm_core.config import TrainConfig
 
@@ -197,6 +199,20 @@ def test_eval_prints_and_writes_metrics(mcm_run, tmp_path, capsys):
     assert "knn" not in metrics and any("kNN" in note for note in metrics["notes"])  # concepts, no classes
     assert main(["eval", "--checkpoint", str(run), "--size", "8", "--mask-ratio", "0.5"]) == 0  # a run folder
     assert strict_json(run / "eval_shapes_test.json")["reconstruction"]["mask_ratio"] == 0.5
+
+
+def test_eval_with_prior_thresholds(mcm_run, tmp_path, capsys):
+    """--prior-threshold: per-concept cuts log((1 - f) / f) from the model's training frequencies; AUC unchanged."""
+    run, _ = mcm_run
+    plain, prior = tmp_path / "plain.json", tmp_path / "prior.json"
+    assert main(["eval", "--checkpoint", str(run), "--size", "16", "--output", str(plain)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--size", "16", "--prior-threshold", "--output", str(prior)]) == 0
+    assert "logit > log((1 - f) / f)" in capsys.readouterr().out
+    a, b = strict_json(plain)["concepts"], strict_json(prior)["concepts"]
+    assert a["threshold"] == 0.0 and len(b["threshold"]) == 13
+    freq = load_checkpoint(run / "checkpoint.safetensors")[0].cfg.concept_freq
+    assert b["threshold"] == pytest.approx([math.log((1 - f) / f) for f in freq], abs=1e-5)
+    assert a["macro"]["auc"] == pytest.approx(b["macro"]["auc"], nan_ok=True)
 
 
 def test_edit_writes_a_png_grid(mcm_run, tmp_path, capsys):

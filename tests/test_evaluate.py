@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mcm_core.evaluate import (
     ConceptReport, RunCost, concept_metrics, count_flops, edit_success_rate, extract_features,
-    knn_accuracy, linear_probe, predict_concepts, reconstruction_metrics, training_flops_per_image,
+    knn_accuracy, linear_probe, predict_concepts, prior_thresholds, reconstruction_metrics,
+    training_flops_per_image,
 )
 from mcm_core.masking import num_hidden
 from mcm_core.models import build_model
@@ -73,6 +74,54 @@ def test_concept_metrics_threshold_and_default_names():
     assert [row["name"] for row in report.per_concept] == ["concept_0", "concept_1"]
     assert report.per_concept[0]["tp"] == 1 and report.per_concept[0]["fp"] == 0
     assert report.per_concept[1]["tp"] == 0 and report.per_concept[1]["f1"] == 0.0  # no positives predicted
+
+
+def test_per_concept_thresholds():
+    report = concept_metrics(LOGITS, TARGETS, threshold=torch.tensor([1.5, -2.0]))
+    assert report.threshold == [1.5, -2.0] and json.loads(json.dumps(report.to_dict()))["threshold"] == [1.5, -2.0]
+    assert report.per_concept[0]["tp"] == 1 and report.per_concept[1]["tp"] == 4  # each column its own cut
+    with pytest.raises(ValueError, match="one per concept"):
+        concept_metrics(LOGITS, TARGETS, threshold=[0.0, 0.0, 0.0])
+
+
+def test_prior_thresholds_undo_the_frequency_weighting_of_the_concept_loss():
+    """A logistic model fitted with the weighted loss is shifted by log((1 - f) / f): the prior threshold undoes it."""
+    from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 1, generator=gen)
+    true_logit = 2.0 * x - 2.5  # a rare concept
+    y = (torch.rand(20000, 1, generator=gen) < torch.sigmoid(true_logit)).float()
+    f = float(y.mean())
+    weights = torch.nn.Module()
+    register_concept_weights(weights, concept_prior([f], 1))
+    w, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = weighted_concept_bce(x * w + b, y, weights.pos_weight, weights.neg_weight)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    shift = prior_thresholds([f])
+    assert float(shift) == pytest.approx(math.log((1 - f) / f))
+    w, b = w.detach(), b.detach()
+    assert float(b) - (-2.5) == pytest.approx(float(shift), abs=0.1) and float(w) == pytest.approx(2.0, abs=0.1)
+    logits = x * w + b
+    balanced, prior = concept_metrics(logits, y), concept_metrics(logits, y, threshold=shift)
+    assert prior.macro["accuracy"] > balanced.macro["accuracy"] and prior.macro["precision"] > balanced.macro["precision"]
+    assert prior.macro["auc"] == balanced.macro["auc"]
+
+
+def test_prior_thresholds_of_a_model_and_bad_frequencies():
+    names = ["a", "b", "c"]
+    model = build_model("mcm", "tiny", num_concepts=3, concept_names=names, concept_freq=[0.5, 0.1, 0.995])
+    torch.testing.assert_close(prior_thresholds(model), torch.log(torch.tensor([1.0, 9.0, 0.01 / 0.99])))
+    assert torch.equal(prior_thresholds(build_model("mcm", "tiny", num_concepts=3, concept_names=names)), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"lie in \(0, 1\)"):
+        prior_thresholds([0.2, 1.0])
 
 
 def test_perfect_predictions_score_one(labels):
