@@ -4,6 +4,7 @@
 # torch.compile), MCM's cost against the mask ratio, and ViT-L/16 for MAE and MiCL.
 #
 #   device run:  command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540
+#   rehearsal here first (CPU, about a minute; the GPU tests skip):  DRY_RUN=1 bash benchmarks/gpu_check.sh
 #
 # Output: everything on stdout (the tool keeps only its last 12,000 characters), and under $OUT:
 #   gpu_check.log       the whole log
@@ -76,23 +77,28 @@ step "pytest -m gpu" 180 bash -c "set -o pipefail; $PY -m pytest -m gpu tests -q
     --ignore=tests/test_handouts.py 2>&1 | tee '$OUT/pytest_gpu.log'"
 
 BENCH=("$PY" benchmarks/bench_train.py --device cuda --precision bf16 --out "$OUT/bench_train.jsonl")
+B=256 BL=128 BASE=base LARGE=large CW=5 CS=15
+if [ -n "${DRY_RUN:-}" ]; then  # rehearse every step on the CPU in a minute (tiny preset, batch 8, one step)
+    BENCH=("$PY" benchmarks/bench_train.py --device cpu --steps 1 --warmup 0 --out "$OUT/bench_train.jsonl")
+    B=8 BL=8 BASE=tiny LARGE=tiny CW=0 CS=1
+fi
 # 2. ViT-B/16, batch 256, each paper's setting, eager: MAE 0.75, MCM 0.25, MiCL 9 patches per view (0.91 in
 #    our rounding; the paper's 0.9), Latent MIM 0.9 (20 visible, 3-block decoder, patch gaps).
-step "eager ViT-B, every method" 150 "${BENCH[@]}" --presets base --batch-size 256
+step "eager ViT-B, every method" 150 "${BENCH[@]}" --presets $BASE --batch-size $B
 # 3. MCM's cost against the mask ratio (one table, one process).
-step "eager ViT-B, MCM mask sweep" 120 "${BENCH[@]}" --presets base --batch-size 256 --methods mcm \
+step "eager ViT-B, MCM mask sweep" 120 "${BENCH[@]}" --presets $BASE --batch-size $B --methods mcm \
     --mask-ratios 0 0.25 0.5 0.75 0.9
 # 4. ViT-L/16: MAE at the reference's batch 128, MiCL at 256.
-step "eager ViT-L, MAE" 60 "${BENCH[@]}" --presets large --batch-size 128 --methods mae
-step "eager ViT-L, MiCL" 60 "${BENCH[@]}" --presets large --batch-size 256 --methods micl
+step "eager ViT-L, MAE" 60 "${BENCH[@]}" --presets $LARGE --batch-size $BL --methods mae
+step "eager ViT-L, MiCL" 60 "${BENCH[@]}" --presets $LARGE --batch-size $B --methods micl
 # 5. torch.compile, one process per method (a slow compile costs only its own step).
 for method in mae micl latent_mim mcm; do
-    step "compiled ViT-B, $method" 150 "${BENCH[@]}" --presets base --batch-size 256 --methods "$method" \
-        --compile --warmup 5 --steps 15
+    step "compiled ViT-B, $method" 150 "${BENCH[@]}" --presets $BASE --batch-size $B --methods "$method" \
+        --compile --warmup $CW --steps $CS
 done
 
 # 6. Lowest priority: evolved hierarchical masking (the EMA affinity pass + tree) on MAE and MCM, eager.
-step "eager ViT-B, hierarchical masking" 90 "${BENCH[@]}" --presets base --batch-size 256 --methods mae mcm \
+step "eager ViT-B, hierarchical masking" 90 "${BENCH[@]}" --presets $BASE --batch-size $B --methods mae mcm \
     --masking hierarchical
 
 echo "### done at $((SECONDS - START))s; rows:"
@@ -101,7 +107,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     print(f"{r['method']:>10} {r['preset']:>5} mask {r['mask_ratio']:<4} B {r['batch_size']:<3} "
-          f"{'compiled' if r['compile'] else 'eager':>8}: {r['images_per_s']:>9.1f} img/s {r['step_ms']:>8.2f} ms "
+          f"{'compiled' if r['compile'] else 'eager':>8} {r.get('masking', 'random'):>12}: {r['images_per_s']:>9.1f} img/s {r['step_ms']:>8.2f} ms "
           f"{r['gflop_per_image']:>7.2f} GFLOP/img {r['tflops']:>6.1f} TFLOP/s {r.get('peak_mem_gib', 0):>6.2f} GiB "
           f"enc share {r['encoder_forward_share']:.3f}" + (f" {r['compile_stats']}" if r.get("compile_stats") else ""))
 EOF
