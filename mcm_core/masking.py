@@ -453,11 +453,6 @@ class _Agglomerator:
             t.gather(1, order) for t in (self.pu, self.pv, gu, gv, self.score))
 
 
-# None: the exact compaction width on the CPU, the host-side bound elsewhere (no GPU read-back).
-# The tests set it to compare both; the trees are identical.
-EXACT_COMPACTION: bool | None = None
-
-
 def max_group_pairs(groups: int, adjacency: bool) -> int:
     """Most distinct pairs of ``groups`` groups that can share an edge (see ``_Agglomerator.compact``)."""
     if not adjacency:
@@ -465,8 +460,12 @@ def max_group_pairs(groups: int, adjacency: bool) -> int:
     return groups - 1 if groups <= 2 else 3 * groups - 6
 
 
-def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool) -> HierarchyTree:
-    """Run all ``L - 1`` merges; drop dead edges whenever the number of groups halves."""
+def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool, exact: bool | None = None) -> HierarchyTree:
+    """Run all ``L - 1`` merges; drop dead edges whenever the number of groups halves.
+
+    ``exact``: cut the edge list to its exact width (a read-back) or to the host-side bound;
+    None = exact on the CPU only. Both give identical trees.
+    """
     B, L, _ = affinity.shape
     if L == 1:
         empty = torch.zeros(B, 0, 2, dtype=torch.long, device=affinity.device)
@@ -474,7 +473,7 @@ def _agglomerate(affinity: Tensor, grid: Grid, adjacency: bool) -> HierarchyTree
     state = _Agglomerator(affinity, grid, adjacency)
     nodes, slots, heights = [], [], []
     last_compaction = L
-    exact = affinity.device.type == "cpu" if EXACT_COMPACTION is None else EXACT_COMPACTION
+    exact = affinity.device.type == "cpu" if exact is None else exact
     for m in range(L - 1):
         node_pair, slot_pair, height = state.step(m)
         nodes.append(node_pair)

@@ -298,17 +298,15 @@ def test_tree_matches_naive_average_linkage(adjacency):
 
 @pytest.mark.parametrize("adjacency", [True, False])
 @pytest.mark.parametrize("grid", [(8, 8), (5, 7)])
-def test_host_bound_compaction_builds_the_same_trees_as_the_exact_one(monkeypatch, adjacency, grid):
+def test_host_bound_compaction_builds_the_same_trees_as_the_exact_one(adjacency, grid):
     """The GPU path pads compacted edges to a bound known on the host: same merges and heights, ties included."""
-    import mcm_core.masking as masking
+    from mcm_core.masking import _agglomerate
 
     n = grid[0] * grid[1]
     for affinity in (rand_affinity(3, n, seed=7), (rand_affinity(3, n, seed=8) * 4).round()):  # many ties
-        trees = []
-        for exact in (True, False):
-            monkeypatch.setattr(masking, "EXACT_COMPACTION", exact)
-            trees.append(build_tree(affinity, grid, adjacency=adjacency))
-        assert torch.equal(trees[0].merges, trees[1].merges) and torch.equal(trees[0].heights, trees[1].heights)
+        exact, bound = (_agglomerate(affinity, grid, adjacency, exact=flag) for flag in (True, False))
+        assert torch.equal(exact.merges, bound.merges) and torch.equal(exact.heights, bound.heights)
+        assert torch.equal(exact.merges, build_tree(affinity, grid, adjacency=adjacency).merges)
 
 
 def test_group_pair_bound():
