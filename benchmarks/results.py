@@ -30,8 +30,8 @@ from mcm_core.checkpoint import package_versions  # noqa: E402
 from mcm_core.config import TrainConfig  # noqa: E402
 from mcm_core.data import load_dataset  # noqa: E402
 from mcm_core.evaluate import (  # noqa: E402
-    concept_metrics, count_flops, edit_success_rate, extract_features, linear_probe, predict_concepts,
-    training_flops_per_image,
+    class_accuracy, concept_metrics, count_flops, edit_success_rate, extract_features, linear_probe,
+    predict_concepts, training_flops_per_image,
 )
 from mcm_core.train import Trainer, training_data  # noqa: E402
 
@@ -86,7 +86,7 @@ def evaluate_run(model, cfg: TrainConfig, dataset_name: str, test_size: int, qui
     report = concept_metrics(logits, targets)
     out = {"macro_f1": report.macro["f1"], "concept_accuracy": report.macro["accuracy"]}
     if dataset_name == "fashion_mnist":
-        out["accuracy"] = float((logits.argmax(1) == targets.argmax(1)).float().mean())
+        out["accuracy"] = class_accuracy(logits, targets)
     if cfg.method == "mcm" and dataset_name == "shapes":
         n = 64 if quick else 500
         images = torch.stack([test[i][0] for i in range(n)])

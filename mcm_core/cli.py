@@ -278,16 +278,15 @@ def concept_report(model: Any, dataset: Any, prior_threshold: bool = False) -> t
     ``prior_threshold``: per-concept thresholds that undo the loss's frequency weighting
     (``evaluate.prior_thresholds``) instead of logit 0.
     """
-    from mcm_core.evaluate import concept_metrics, predict_concepts, prior_thresholds
+    from mcm_core.evaluate import class_accuracy, concept_metrics, predict_concepts, prior_thresholds
 
     logits, targets = predict_concepts(model, dataset, batch_size=EVAL_BATCH)
     if targets.shape[1] != model.cfg.num_concepts:
         raise ValueError(f"the data have {targets.shape[1]} concepts but the model has "
                          f"{model.cfg.num_concepts}; evaluate on the data set it was trained on")
-    one_hot = len(targets) > 0 and bool((targets.sum(1) == 1).all())
-    accuracy = float((logits.argmax(1) == targets.argmax(1)).float().mean()) if one_hot else None
     threshold = prior_thresholds(model) if prior_threshold else 0.0
-    return concept_metrics(logits, targets, names=concept_names(model), threshold=threshold), accuracy
+    report = concept_metrics(logits, targets, names=concept_names(model), threshold=threshold)
+    return report, class_accuracy(logits, targets)
 
 
 def concept_metrics_dict(report: Any, class_accuracy: float | None) -> dict[str, Any]:

@@ -273,6 +273,18 @@ def concept_metrics(logits: Tensor, targets: Tensor, names: list[str] | None = N
     return ConceptReport(names, rows, macro_average(rows), used, int(logits.shape[0]))
 
 
+def class_accuracy(logits: Tensor, targets: Tensor) -> float | None:
+    """Top-1 accuracy of concept logits on class data: argmax of ``logits`` (N, K) against the one positive.
+
+    Class labels are trained as one-hot concepts (e.g. Fashion-MNIST); None unless every row
+    of ``targets`` (N, K) has exactly one positive.
+    """
+    targets = torch.as_tensor(targets)
+    if len(targets) == 0 or not bool((targets.sum(1) == 1).all()):
+        return None
+    return float((torch.as_tensor(logits).argmax(1) == targets.argmax(1)).float().mean())
+
+
 def prior_thresholds(model_or_freq: nn.Module | list[float] | Tensor) -> Tensor:
     """Per-concept logit thresholds that undo the frequency weighting of the concept loss: (K,).
 

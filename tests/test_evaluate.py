@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mcm_core.evaluate import (
-    ConceptReport, RunCost, concept_metrics, count_flops, edit_success_rate, extract_features,
+    ConceptReport, RunCost, class_accuracy, concept_metrics, count_flops, edit_success_rate, extract_features,
     knn_accuracy, linear_probe, predict_concepts, prior_thresholds, reconstruction_metrics,
     training_flops_per_image,
 )
@@ -74,6 +74,14 @@ def test_concept_metrics_threshold_and_default_names():
     assert [row["name"] for row in report.per_concept] == ["concept_0", "concept_1"]
     assert report.per_concept[0]["tp"] == 1 and report.per_concept[0]["fp"] == 0
     assert report.per_concept[1]["tp"] == 0 and report.per_concept[1]["f1"] == 0.0  # no positives predicted
+
+
+def test_class_accuracy_only_on_one_hot_targets():
+    targets = torch.eye(3)[[0, 1, 2, 2]]
+    logits = torch.tensor([[2.0, 0, 0], [0, 1.0, 0], [3.0, 0, 1.0], [0, 0, 5.0]])
+    assert class_accuracy(logits, targets) == 0.75
+    assert class_accuracy(LOGITS, TARGETS) is None  # several positives per row: not classes
+    assert class_accuracy(torch.zeros(0, 3), torch.zeros(0, 3)) is None
 
 
 def test_per_concept_thresholds():
