@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of issue #7 for a session with an H100/H200 (the device tool's machine). One call, about
 # 7.5 minutes: the GPU tests, then benchmarks/bench_train.py at ViT-B/16 (batch 256, bf16; eager and
-# torch.compile), MCM's cost against the mask ratio, and ViT-L/16 for MAE and MiCL.
+# torch.compile), issue #8's torchrun run (DDP over every GPU, NCCL), MCM's cost against the mask
+# ratio, and ViT-L/16 for MAE and MiCL.
 #
 #   device run:  command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540
 #   rehearsal here first (CPU, about a minute; the GPU tests skip):  DRY_RUN=1 bash benchmarks/gpu_check.sh
@@ -10,10 +11,11 @@
 #   gpu_check.log       the whole log
 #   bench_train.jsonl   one JSON line per benchmark run (the rows for docs/benchmarks.md)
 #   pytest_gpu.log      the GPU tests' output
+#   ddp_metrics.json, ddp_history.jsonl   the torchrun run's metrics and loss history
 #   benchmarks_gpu.md, bench_gpu.png   the rows as docs/benchmarks.md's table and plot (bench_report.py)
 # Each step has a time limit and the script stops starting steps after BUDGET seconds (default 450),
-# so a slow torch.compile costs only its own step. Run order = priority: tests, eager ViT-B, the
-# mask-ratio sweep, ViT-L, then the compiled runs.
+# so a slow torch.compile costs only its own step. Run order = priority: tests, eager ViT-B, torchrun,
+# the mask-ratio sweep, ViT-L, then the compiled runs.
 #
 # Packages. The machine's image (Python 3.12, torch 2.11, timm) already holds everything mcm_core
 # needs at run time (torch, torchvision, timm, safetensors, numpy, scikit-learn, matplotlib,
@@ -78,13 +80,37 @@ step "pytest -m gpu" 180 bash -c "set -o pipefail; $PY -m pytest -m gpu tests -q
 
 BENCH=("$PY" benchmarks/bench_train.py --device cuda --precision bf16 --out "$OUT/bench_train.jsonl")
 B=256 BL=128 BASE=base LARGE=large CW=5 CS=15
+NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') DDP_DEVICE=cuda DDP_STEPS=200
 if [ -n "${DRY_RUN:-}" ]; then  # rehearse every step on the CPU in a minute (tiny preset, batch 8, one step)
     BENCH=("$PY" benchmarks/bench_train.py --device cpu --steps 1 --warmup 0 --out "$OUT/bench_train.jsonl")
-    B=8 BL=8 BASE=tiny LARGE=tiny CW=0 CS=1
+    B=8 BL=8 BASE=tiny LARGE=tiny CW=0 CS=1 NPROC=2 DDP_DEVICE=cpu DDP_STEPS=10
 fi
 # 2. ViT-B/16, batch 256, each paper's setting, eager: MAE 0.75, MCM 0.25, MiCL 9 patches per view (0.91 in
 #    our rounding; the paper's 0.9), Latent MIM 0.9 (20 visible, 3-block decoder, patch gaps).
 step "eager ViT-B, every method" 150 "${BENCH[@]}" --presets $BASE --batch-size $B
+# 2b. Issue #8's torchrun figure: DistributedDataParallel over every GPU (NCCL), 200 steps of the
+#     documented command, stopped at step 100 and resumed, as docs/reliability.md section 4 asks.
+ddp_run() {
+    local dir=/tmp/ddp_gpu half=$((DDP_STEPS / 2)) args
+    rm -rf "$dir"
+    args=(-m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m mcm_core train
+          --device "$DDP_DEVICE" --steps "$DDP_STEPS" --out-dir "$dir" --no-progress)
+    "$PY" "${args[@]}" --until "$half" || return 1
+    cp "$dir/metrics.json" "$OUT/ddp_metrics_first_half.json"
+    "$PY" "${args[@]}" --resume || return 1
+    cp "$dir/metrics.json" "$OUT/ddp_metrics.json"
+    cp "$dir/history.jsonl" "$OUT/ddp_history.jsonl"
+    "$PY" - "$OUT" "$NPROC" <<'PYEOF'
+import json, sys
+for name in ("ddp_metrics_first_half.json", "ddp_metrics.json"):
+    m = json.load(open(f"{sys.argv[1]}/{name}"))
+    print(f"ddp {name}: {sys.argv[2]} process(es), up to step {m['step']}: {m['images_seen']} images in "
+          f"{m['wall_seconds']:.1f} s = {m['images_seen'] / m['wall_seconds']:.0f} images/s, loss {m['final_loss']:.4f}")
+PYEOF
+}
+export -f ddp_run
+export NPROC DDP_DEVICE DDP_STEPS OUT PY
+step "torchrun DDP, $NPROC process(es) on $DDP_DEVICE, $DDP_STEPS steps with a resume" 120 bash -c ddp_run
 # 3. MCM's cost against the mask ratio (one table, one process).
 step "eager ViT-B, MCM mask sweep" 120 "${BENCH[@]}" --presets $BASE --batch-size $B --methods mcm \
     --mask-ratios 0 0.25 0.5 0.75 0.9
