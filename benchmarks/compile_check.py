@@ -7,7 +7,7 @@ GPU benchmark records these counts; this script finds them on a CPU, before any 
 spent, and CI runs it.
 
 It compiles each method's model (inductor, CPU), runs a few training steps with the compiled
-and the eager model from the same initial weights and batch, and prints one JSON line per
+and the eager model from the same initial weights and first batch, and prints one JSON line per
 method: ``unique_graphs``, ``graph_breaks`` with their reasons, ``recompiles``, the first
 compiled step's time, and both loss curves (``max_loss_diff``: compile must not change the math).
 Graph breaks are dynamo's, the same for every backend; ``--backend aot_eager`` finds them without
@@ -73,13 +73,14 @@ def run_on_gpu_path(argv: list[str]) -> list[dict[str, Any]]:
         print(f"# GPU code path: {replaced} CPU-only checks turned off in a copy of mcm_core", file=sys.stderr)
         env = {**os.environ, CHILD_ENV: tmp, "PYTHONPATH": os.pathsep.join(
             [tmp, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        done = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True)
-    sys.stderr.write(done.stderr[-4000:] if done.returncode else "")
-    if done.returncode:
-        raise RuntimeError(f"the GPU-path child failed (exit {done.returncode}); its stderr is above")
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    for row in rows:  # the child has written them to --out too
-        print(json.dumps(row), flush=True)
+        rows = []
+        with subprocess.Popen([sys.executable, __file__, *argv], env=env, stdout=subprocess.PIPE,
+                              text=True) as child:  # its stderr (dynamo's warnings) goes straight through
+            for line in child.stdout:  # relayed as each method finishes; the child writes --out itself
+                print(line, end="", flush=True)
+                rows += [json.loads(line)] if line.startswith("{") else []
+    if child.returncode:
+        raise RuntimeError(f"the GPU-path child failed (exit {child.returncode}); its error is above")
     return rows
 
 
@@ -94,15 +95,6 @@ def make_trainer(method: str, preset: str, batch_size: int, seed: int, out_dir: 
                       data={"size": 64, "image_size": PRESETS[preset]["img_size"]},
                       steps=100, batch_size=batch_size, seed=seed, device="cpu", progress=False, out_dir=out_dir)
     return Trainer(cfg)
-
-
-def random_batch(trainer, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, 3, H, W) in [0, 1] and 0/1 concept targets (B, K) for ``trainer``'s model."""
-    cfg = trainer.unwrapped.cfg
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, 3, cfg.img_size, cfg.img_size, generator=gen)
-    k = getattr(cfg, "num_concepts", len(getattr(trainer.dataset, "concept_names", [])) or 1)
-    return images, torch.randint(0, 2, (batch_size, k), generator=gen).float()
 
 
 def losses(trainer, images: torch.Tensor, targets: torch.Tensor, steps: int) -> tuple[list[float], float]:
@@ -137,7 +129,7 @@ def check_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
         eager = make_trainer(method, args.preset, args.batch_size, args.seed, out_dir)
         compiled = make_trainer(method, args.preset, args.batch_size, args.seed, out_dir)
     compiled.step_fn = torch.compile(compiled.model, backend=args.backend)
-    images, targets = random_batch(eager, args.batch_size, args.seed)
+    images, targets = next(eager.batches(1))  # the first training batch (the shapes data set)
     eager_losses, _ = losses(eager, images, targets, args.steps)
     compiled_losses, compile_s = losses(compiled, images, targets, args.steps)
     reasons = sorted({break_reason(key) for key in counters["graph_break"]})
