@@ -47,10 +47,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout: make mcm_core importable
     sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests): its sibling compile_check
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import timm  # noqa: E402
 
 import mcm_core  # noqa: E402
+from compile_check import compile_stats, reset_compile  # noqa: E402
 from mcm_core.config import TrainConfig, parse_overrides, read_yaml  # noqa: E402
 from mcm_core.evaluate import count_flops, flop_counting  # noqa: E402
 from mcm_core.masking import num_hidden  # noqa: E402
@@ -201,21 +204,12 @@ def time_steps(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, wa
     return times, time.perf_counter() - start
 
 
-def compile_stats() -> dict[str, int]:
-    """torch.compile's counters since the last reset: graphs compiled, graph breaks, recompilations."""
-    from torch._dynamo.utils import counters
-
-    return {"unique_graphs": int(counters["stats"]["unique_graphs"]),
-            "graph_breaks": int(sum(counters["graph_break"].values())),
-            "recompiles": int(sum(counters["recompiles"].values()))}
-
-
 # ---------------------------------------------------------------------- one run
 def run_one(method: str, preset: str, mask_ratio: float, overrides: dict[str, Any], args: argparse.Namespace,
             device: torch.device) -> dict[str, Any]:
     """Build a Trainer for one setting, count its FLOPs, time it; -> the JSON row."""
     if args.compile and device.type == "cuda":
-        torch._dynamo.reset()  # fresh counters, and no recompile limit carried over from earlier runs
+        reset_compile()  # counters at zero, and no recompile limit carried over from earlier runs
     image_size = PRESETS[preset]["img_size"]
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = TrainConfig(method=method, preset=preset, model=dict(overrides), dataset="shapes",

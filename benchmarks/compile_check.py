@@ -99,11 +99,11 @@ def make_trainer(method: str, preset: str, batch_size: int, seed: int, out_dir: 
 
 def losses(trainer, images: torch.Tensor, targets: torch.Tensor, steps: int) -> tuple[list[float], float]:
     """Loss of each of ``steps`` training steps, and the first step's time (s)."""
-    out, first = [], 0.0
-    for i in range(steps):
-        start = time.perf_counter()
+    out, first, start = [], 0.0, time.perf_counter()
+    for _ in range(steps):
         out.append(float(trainer.train_step(images, targets)["loss"]))
-        first = time.perf_counter() - start if i == 0 else first
+        if len(out) == 1:
+            first = time.perf_counter() - start
         trainer.step += 1
     return out, first
 
@@ -116,15 +116,33 @@ def break_reason(message: str) -> str:
     return " | ".join([lines[0], *context])[:300] if lines else "?"
 
 
-def check_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Compile ``method``'s model, train eager and compiled side by side; -> the JSON row."""
-    import timm
+def reset_compile() -> None:
+    """Fresh torch.compile state: no cached graphs or recompile limits, and the counters at zero
+    (``torch._dynamo.reset()`` alone keeps the counters)."""
     from torch._dynamo.utils import counters
-
-    import mcm_core
 
     torch._dynamo.reset()
     counters.clear()
+
+
+def compile_stats() -> dict[str, Any]:
+    """torch.compile's counters since the last ``reset_compile``: graphs compiled, graph breaks
+    (and their reasons, one line each), recompilations."""
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "break_reasons": sorted({break_reason(message) for message in counters["graph_break"]}),
+            "recompiles": int(sum(counters["recompiles"].values()))}
+
+
+def check_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Compile ``method``'s model, train eager and compiled side by side; -> the JSON row."""
+    import timm
+
+    import mcm_core
+
+    reset_compile()
     with tempfile.TemporaryDirectory() as out_dir:
         eager = make_trainer(method, args.preset, args.batch_size, args.seed, out_dir)
         compiled = make_trainer(method, args.preset, args.batch_size, args.seed, out_dir)
@@ -132,13 +150,11 @@ def check_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     images, targets = next(eager.batches(1))  # the first training batch (the shapes data set)
     eager_losses, _ = losses(eager, images, targets, args.steps)
     compiled_losses, compile_s = losses(compiled, images, targets, args.steps)
-    reasons = sorted({break_reason(key) for key in counters["graph_break"]})
     return {
         "method": method, "preset": args.preset, "batch_size": args.batch_size, "steps": args.steps,
         "backend": args.backend,
-        "path": "gpu" if os.environ.get(CHILD_ENV) else "cpu", "unique_graphs": int(counters["stats"]["unique_graphs"]),
-        "graph_breaks": int(sum(counters["graph_break"].values())), "break_reasons": reasons,
-        "recompiles": int(sum(counters["recompiles"].values())), "first_compiled_step_s": round(compile_s, 1),
+        "path": "gpu" if os.environ.get(CHILD_ENV) else "cpu", **compile_stats(),
+        "first_compiled_step_s": round(compile_s, 1),
         "losses_eager": eager_losses, "losses_compiled": compiled_losses,
         "max_loss_diff": max(abs(a - b) for a, b in zip(eager_losses, compiled_losses)),
         "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),

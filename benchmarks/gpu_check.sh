@@ -11,7 +11,8 @@
 #   gpu_check.log       the whole log
 #   bench_train.jsonl   one JSON line per benchmark run (the rows for docs/benchmarks.md)
 #   pytest_gpu.log      the GPU tests' output
-#   ddp_metrics.json, ddp_history.jsonl   the torchrun run's metrics and loss history
+#   ddp_metrics_first_half.json, ddp_metrics.json, ddp_history.jsonl   the torchrun run's metrics (at the
+#                       stop and at the end) and loss history
 #   benchmarks_gpu.md, bench_gpu.png   the rows as docs/benchmarks.md's table and plot (bench_report.py)
 # Each step has a time limit and the script stops starting steps after BUDGET seconds (default 450),
 # so a slow torch.compile costs only its own step. Run order = priority: tests, eager ViT-B, torchrun,

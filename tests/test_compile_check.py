@@ -42,6 +42,16 @@ def test_bad_arguments_are_refused(check, capsys):
     assert "--batch-size must be at least 2" in capsys.readouterr().err
 
 
+def test_reset_compile_zeroes_the_counters_that_dynamo_reset_keeps(check):
+    from torch._dynamo.utils import counters
+
+    counters["graph_break"]["Unsupported Tensor.item() call"] += 1
+    counters["stats"]["unique_graphs"] += 2
+    assert check.compile_stats()["graph_breaks"] >= 1
+    check.reset_compile()
+    assert check.compile_stats() == {"unique_graphs": 0, "graph_breaks": 0, "break_reasons": [], "recompiles": 0}
+
+
 def test_break_reason_keeps_the_title_and_what_dynamo_could_not_trace(check):
     message = "Unsupported Tensor.item() call\n  Explanation: ...\n\n  Developer debug context: call_method item\n"
     assert check.break_reason(message) == "Unsupported Tensor.item() call | call_method item"
