@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -104,19 +105,23 @@ class StepBatchSampler(Sampler[list[int]]):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.steps, self.rank, self.world_size = start, steps, rank, world_size
         self.per_epoch = size // batch_size
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)  # the permutation of one epoch, cached
 
     def __len__(self) -> int:
         return self.steps - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, order = -1, None
         for step in range(self.start, self.steps):
-            if step // self.per_epoch != epoch:
-                epoch = step // self.per_epoch
-                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
-            first = (step % self.per_epoch) * self.batch_size
-            batch = order[first:first + self.batch_size]
-            yield batch[self.rank::self.world_size].tolist()
+            yield self.ids(step)
+
+    def ids(self, step: int) -> list[int]:
+        """This process's indices of the batch of ``step`` (a pure function of seed and step)."""
+        epoch = step // self.per_epoch
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(self.size, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
+        first = (step % self.per_epoch) * self.batch_size
+        return self._order[first:first + self.batch_size][self.rank::self.world_size].tolist()
 
 
 # ---------------------------------------------------------------------- data and model
@@ -205,6 +210,45 @@ def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 # ---------------------------------------------------------------------- the trainer
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), where bf16 pays.
+
+    Measured on the 2-core AMD EPYC (Zen 4) of docs/benchmarks.md: a (2112 x 128) @ (128 x 512)
+    matrix product runs at 396 GFLOP/s in bf16 against 150 in float32. CPUs without these units
+    emulate bf16 and run slower than in float32, so they keep float32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a run of ``precision`` (auto, bf16, fp32) trains under bf16 autocast on ``device``.
+
+    ``auto``: always on a GPU; on a CPU only where bf16 matrix products are native
+    (:func:`cpu_bf16_supported`).
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())
+
+
+def attention_backend(device: torch.device, bf16: bool) -> Any:
+    """The attention kernel context for a training step: explicit (MATH) attention for bf16 on a CPU.
+
+    At the ``tiny`` preset's sequence lengths (13 to 65 tokens) the CPU's fused flash-attention
+    kernel spends 5x longer in its bf16 backward than the matrix products it replaces (torch.profiler,
+    docs/benchmarks.md); the MATH backend is plain matrix products and a softmax, which bf16 speeds up.
+    Elsewhere torch picks its kernel as usual.
+    """
+    if device.type == "cpu" and bf16:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()
+
+
 def fused_adamw_supported(device: torch.device) -> bool:
     """The fused AdamW kernel (one pass over all parameters) exists for CUDA and, since torch 2.4, CPU.
 
@@ -241,7 +285,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=fused_adamw_supported(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = use_bf16(cfg.precision, self.device)
         if world_size > 1:  # gradients averaged across processes in backward
             self.model = distributed.wrap(self.model, self.device)
         self.step_fn = self.model
@@ -250,6 +294,11 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []
         self.is_concept_model = cfg.method in CONCEPT_METHODS
+        self.counterfactual = getattr(self.unwrapped.cfg, "counterfactual_weight", 0.0) > 0
+        if self.counterfactual and not callable(getattr(self.dataset, "counterfactuals", None)):
+            raise ValueError(f"model.counterfactual_weight > 0 needs a data set that renders counterfactual images "
+                             f"(the built-in shapes data); {cfg.dataset!r} cannot, so set model.counterfactual_weight=0")
+        self.step_ids = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, 0, cfg.steps, rank, world_size)
         self._device_data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- state -----------------------------------------------------------
@@ -307,14 +356,28 @@ class Trainer:
             group.update(lr=lr, initial_lr=cfg.lr, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
 
     # -- one step --------------------------------------------------------
-    def make_mask(self, images: torch.Tensor) -> torch.Tensor:
-        """This step's mask (B, L), drawn from a generator seeded by (seed, step, rank)."""
+    def step_mask_ratio(self) -> float:
+        """This step's training mask ratio: ``cfg.mask_ratio``, or with ``cfg.mask_ratio_max`` above it, a
+        draw from uniform [mask_ratio, mask_ratio_max] that is a pure function of (seed, step).
+
+        Drawn on the host (no device synchronization) and the same in every process, so a DDP
+        step's processes agree on the number of visible patches.
+        """
+        low, high = self.cfg.mask_ratio, self.cfg.mask_ratio_max
+        if high <= low:
+            return low
+        return random.Random(step_seed(self.cfg.seed, self.step, 3)).uniform(low, high)
+
+    def make_mask(self, images: torch.Tensor, mask_ratio: float | None = None) -> torch.Tensor:
+        """This step's mask (B, L) at ``mask_ratio`` (default ``cfg.mask_ratio``), drawn from a generator
+        seeded by (seed, step, rank)."""
         generator = torch.Generator(device=images.device).manual_seed(
             step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 1))
         affinity = None
         if self.ema is not None:
             affinity = self.ema.patch_affinity(images, kind=self.cfg.hierarchy_affinity)
-        return self.masker(images.shape[0], self.cfg.mask_ratio, generator=generator, device=images.device,
+        ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+        return self.masker(images.shape[0], ratio, generator=generator, device=images.device,
                            affinity=affinity, progress=self.step / self.cfg.steps)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> ModelOutput:
@@ -323,15 +386,20 @@ class Trainer:
         The model is told the ``mask_ratio`` the mask was drawn at, so on a GPU it never reads the
         mask back to count its hidden patches (every masker hides exactly ``num_hidden`` of them).
         """
-        mask = self.make_mask(images)
+        ratio = self.step_mask_ratio()
+        mask = self.make_mask(images, ratio)
         concepts = targets if self.is_concept_model else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
         # A second per-(seed, step, rank) stream for any randomness a model draws itself (e.g. MiCL's views).
         generator = torch.Generator(device=images.device).manual_seed(
             step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 2))
-        with autocast:
-            return self.step_fn(images, mask=mask, mask_ratio=self.cfg.mask_ratio, concepts=concepts,
-                                generator=generator)
+        extra = {}
+        if self.counterfactual:  # this step's images with one concept group changed, rendered on the device
+            cf_generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 4))
+            extra["counterfactual"] = self.dataset.counterfactuals(self.step_ids.ids(self.step), cf_generator, images.device)
+        with autocast, attention_backend(self.device, self.use_bf16):
+            return self.step_fn(images, mask=mask, mask_ratio=ratio, concepts=concepts,
+                                generator=generator, **extra)
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward, backward, clip, optimizer and schedule step. Returns detached device scalars.

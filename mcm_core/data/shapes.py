@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from mcm_core.data.shapes_factors import (
     COLOUR_NAMES, CONCEPT_NAMES, FILL_NAMES, SHAPE_NAMES, check_object_counts,
-    concept_frequencies, concepts_from_factors, sample_factors, select,
+    concept_frequencies, concepts_from_factors, counterfactual_factors, sample_factors, select,
 )
 from mcm_core.data.shapes_render import (
     check_image_size, render_shapes, render_shapes_u8, u8_to_float,
@@ -224,6 +224,24 @@ class ShapesDataset(Dataset):
         """Batched fetch used by ``DataLoader`` (one render call per batch)."""
         batch = self.batch(indices)
         return list(zip(batch.images.unbind(0), batch.concepts.unbind(0)))
+
+    def counterfactuals(self, indices: Index, generator: torch.Generator,
+                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of ``indices`` with one factor group changed each (``counterfactual_factors``).
+
+        Returns:
+            float images ``(B, 3, S, S)`` in [0, 1] and long concept states ``(B, K)``: the
+            counterfactual's value of every concept that changed, -1 (keep) for the others, the
+            edit that turns each image into its counterfactual (``MultiLayerConceptMap.edit``'s
+            convention). On ``device``.
+        """
+        ids = self._ids(indices)
+        factors = select(self.factors, ids)
+        changed = counterfactual_factors(factors, generator)
+        images, _ = render_shapes_u8(changed, self.image_size, device)
+        before, after = self.targets[ids], concepts_from_factors(changed)
+        states = torch.where(before != after, after.long(), torch.full_like(after, -1, dtype=torch.long))
+        return u8_to_float(images), states.to(images.device)
 
     def object_masks(self, indices: Index) -> torch.Tensor:
         """Long object masks: ``(S, S)`` for an int index, ``(B, S, S)`` otherwise."""

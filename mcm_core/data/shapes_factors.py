@@ -159,3 +159,55 @@ def select(factors: dict[str, torch.Tensor],
            index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
     """The factors of a subset of images (``index`` over the first dimension)."""
     return {k: v[index] for k, v in factors.items()}
+
+
+# Factor groups a counterfactual can change; each flips one or more concepts of CONCEPT_NAMES.
+COUNTERFACTUAL_GROUPS: tuple[str, ...] = ("shape", "colour", "fill", "size", "horizontal", "vertical",
+                                          "background", "noise")
+
+
+def counterfactual_factors(factors: dict[str, torch.Tensor], generator: torch.Generator,
+                           groups: tuple[str, ...] = COUNTERFACTUAL_GROUPS) -> dict[str, torch.Tensor]:
+    """The same images with one factor group changed per image (all of slot 0's object when it has one).
+
+    Per image one group of ``groups`` is drawn uniformly: ``shape``/``colour``/``fill``: another value,
+    uniform over the others; ``size``: the other size (the centre pulled inside the image if needed,
+    which keeps it on its side of the middle); ``horizontal``/``vertical``: the centre mirrored about
+    the middle (left <-> right, top <-> bottom); ``background``: dark <-> light; ``noise``: the texture
+    switched off, or on with a freshly drawn texture. Everything else is kept, so the rendered
+    counterfactual differs from the image exactly in the concepts of that group.
+
+    Args:
+        factors: CPU factors of n images (module docstring); generator: a CPU generator.
+    Returns:
+        New CPU factors (the input is not modified).
+    """
+    unknown = sorted(set(groups) - set(COUNTERFACTUAL_GROUPS))
+    if unknown or not groups:
+        raise ValueError(f"unknown counterfactual groups {unknown or groups!r}; choose from {list(COUNTERFACTUAL_GROUPS)}")
+    n = factors["dark"].shape[0]
+    out = {k: v.clone() for k, v in factors.items()}
+    pick = torch.tensor([COUNTERFACTUAL_GROUPS.index(g) for g in groups])[
+        torch.randint(len(groups), (n,), generator=generator)]
+    redraw = {"shape": len(SHAPE_NAMES), "colour": len(COLOUR_NAMES), "fill": len(FILL_NAMES)}
+    for key, count in redraw.items():
+        rows = pick == COUNTERFACTUAL_GROUPS.index(key)
+        shift = torch.randint(1, count, (n,), generator=generator)  # another value, uniform over the others
+        out[key][rows, 0] = (factors[key][rows, 0] + shift[rows]) % count
+    rows = pick == COUNTERFACTUAL_GROUPS.index("size")
+    out["large"][rows, 0] = ~factors["large"][rows, 0]
+    r = radius_of(out["large"][:, 0])
+    for key in ("cx", "cy"):
+        out[key][rows, 0] = torch.minimum(torch.maximum(out[key][rows, 0], r[rows]), 1 - r[rows])
+    for key, group in (("cx", "horizontal"), ("cy", "vertical")):
+        rows = pick == COUNTERFACTUAL_GROUPS.index(group)
+        out[key][rows, 0] = 1 - factors[key][rows, 0]
+    rows = pick == COUNTERFACTUAL_GROUPS.index("background")
+    out["dark"][rows] = ~factors["dark"][rows]
+    rows = pick == COUNTERFACTUAL_GROUPS.index("noise")
+    out["noisy"][rows] = ~factors["noisy"][rows]
+    fresh = _sample_noise(torch.ones(n, dtype=torch.bool), generator)
+    out["noise"] = torch.where(out["noisy"][:, None, None], torch.where(factors["noisy"][:, None, None],
+                                                                         factors["noise"], fresh),
+                               torch.zeros_like(fresh))
+    return out

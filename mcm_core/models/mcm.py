@@ -53,6 +53,12 @@ class MCMConfig(MAEConfig):
         disentangle_weight: weight of the optional disentanglement loss (0 = off): flip one
             concept per image to its opposite state, decode, re-encode, and ask the re-encoded
             prediction to follow the flip.
+        counterfactual_weight: (our choice, beyond the paper) weight of the counterfactual edit loss
+            (0 = off): for data that can render each image with one concept group changed (the
+            built-in shapes data), write that edit into the concept tokens (``apply_edits``, exactly
+            as ``edit`` does), decode once more from the same encoder pass, and regress the hidden
+            patches onto the counterfactual image. It teaches the decoder to follow the concept
+            tokens where the visible patches disagree with them; it costs one extra decoder pass.
     """
 
     mask_ratio: float = 0.25
@@ -65,6 +71,7 @@ class MCMConfig(MAEConfig):
     concept_weight: float = 1.0
     aux_concept_weight: float = 0.5
     disentangle_weight: float = 0.0
+    counterfactual_weight: float = 0.0
 
     # The decoder depth is derived (half the encoder); presets do not set it.
     derived_fields = ("decoder_depth",)
@@ -84,8 +91,9 @@ class MCMConfig(MAEConfig):
             raise ValueError(f"concept_names has {len(self.concept_names)} names but num_concepts={self.num_concepts}")
         if self.concept_freq is not None and len(self.concept_freq) != self.num_concepts:
             raise ValueError(f"concept_freq has {len(self.concept_freq)} values but num_concepts={self.num_concepts}")
-        if self.disentangle_weight > 0 and self.norm_pix_loss:
-            raise ValueError("disentangle_weight > 0 decodes images, which needs norm_pix_loss=False")
+        for name in ("disentangle_weight", "counterfactual_weight"):
+            if getattr(self, name) > 0 and self.norm_pix_loss:
+                raise ValueError(f"{name} > 0 decodes images, which needs norm_pix_loss=False")
 
 
 def check_binary_concepts(concepts: torch.Tensor) -> None:
@@ -368,10 +376,29 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         logits = self.predict_concepts(edited, 0.0).gather(1, pick[:, None])
         return F.binary_cross_entropy_with_logits(logits, target)
 
+    def counterfactual_loss(self, encoded: EncoderOutput, counterfactual: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """MSE on hidden patches between the decoded edit and the counterfactual image.
+
+        Args:
+            encoded: this step's encoder output (its mask and visible tokens are reused).
+            counterfactual: images (B, 3, H, W) with some concepts changed, and the long states (B, K)
+                that name the change (-1 = unchanged), e.g. ``ShapesDataset.counterfactuals``.
+        """
+        images, states = counterfactual
+        expected = (encoded.mask.shape[0], self.cfg.num_concepts)
+        if tuple(states.shape) != expected:
+            raise ValueError(f"counterfactual states must have shape {expected}, got {tuple(states.shape)}")
+        edited = EncoderOutput(encoded.tokens, encoded.mask, encoded.ids_keep, encoded.ids_restore,
+                               concepts=self.apply_edits(encoded.concepts, states))
+        return self.forward_loss(images, self.forward_decoder(edited), encoded.mask)
+
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
                 concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> ModelOutput:
-        """Reconstruction loss, plus the concept (and disentanglement) losses when ``concepts`` (B, K) is given."""
+                generator: torch.Generator | None = None,
+                counterfactual: tuple[torch.Tensor, torch.Tensor] | None = None) -> ModelOutput:
+        """Reconstruction loss, plus the concept (and disentanglement) losses when ``concepts`` (B, K) is given,
+        plus the counterfactual edit loss when ``counterfactual`` (images (B, 3, H, W), states (B, K)) is given
+        and ``counterfactual_weight`` > 0."""
         encoded = self.forward_encoder(images, mask_ratio, generator, mask)
         pred = self.forward_decoder(encoded)
         recon = self.forward_loss(images, pred, encoded.mask)
@@ -386,4 +413,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
                 dis = self.disentangle_loss(images, encoded, concepts, generator)
                 loss = loss + self.cfg.disentangle_weight * dis
                 losses["disentangle"] = dis.detach()
+        if counterfactual is not None and self.cfg.counterfactual_weight > 0:
+            cf = self.counterfactual_loss(encoded, counterfactual)
+            loss = loss + self.cfg.counterfactual_weight * cf
+            losses["counterfactual"] = cf.detach()
         return ModelOutput(loss=loss, losses=losses, pred=pred, mask=encoded.mask, concept_logits=layer_logits[-1])

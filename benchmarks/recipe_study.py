@@ -1,0 +1,169 @@
+"""The recipe study: what notebook 01's MCM run learns in a fixed wall-clock budget, per recipe change.
+
+Every variant trains MCM ``tiny`` on the shapes training split for the same wall-clock budget
+(the step count is calibrated first: a few timed steps of that variant, then ``steps = budget /
+step time``, so a costlier recipe gets fewer steps, as it would in a notebook), then is measured
+on held-out images: by default the **val** split, so the search never sees the test split that
+the targets of docs/results.md are measured on (``--split test`` for those).
+
+Measures (``mcm_core.measures``, ``mcm_core.evaluate``): concept macro-F1 on full images (logit
+> 0), hidden-pixel PSNR at mask 0.5, colour fidelity and colour-edit following at the test-time
+mask ratios 0.1 ... 0.9, and ``mcm eval --edit``'s edit success at mask 0.75.
+
+One JSON line per (variant, seed) goes to ``--out``; ``--table`` prints the markdown table of a
+results file. Run alone on an idle machine (timings are the point)::
+
+    python benchmarks/recipe_study.py --variants today fast --seeds 0 1 --budget-s 300 --out docs/data/recipe_study.jsonl
+    python benchmarks/recipe_study.py --table docs/data/recipe_study.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: make mcm_core importable
+    sys.path.insert(0, str(ROOT))
+
+from mcm_core.config import TrainConfig  # noqa: E402
+from mcm_core.data import load_dataset  # noqa: E402
+from mcm_core.evaluate import concept_metrics, edit_success_rate, predict_concepts  # noqa: E402
+from mcm_core.measures import CURVE_RATIOS, measure_dataset  # noqa: E402
+from mcm_core.train import Trainer, fit  # noqa: E402
+
+# Today's notebook 01 recipe (2026-12-06): lr 1e-3, batch 64, mask 0.5, warm-up 50, float32.
+TODAY: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "mask_ratio": 0.5, "warmup_steps": 50,
+                         "precision": "fp32"}
+
+# name: overrides of TODAY (TrainConfig fields; "model" entries are model-config overrides).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "today": {},
+    "fast": {"precision": "auto"},  # bf16 autocast + explicit attention on a bf16-capable CPU
+    "lr3e-3": {"precision": "auto", "lr": 3e-3},
+    "lr3e-3_range": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9},
+    "lr3e-3_dec128": {"precision": "auto", "lr": 3e-3, "model": {"decoder_embed_dim": 128, "decoder_num_heads": 4}},
+    "lr3e-3_bs32": {"precision": "auto", "lr": 3e-3, "batch_size": 32},
+    "lr3e-3_cf": {"precision": "auto", "lr": 3e-3, "model": {"counterfactual_weight": 1.0}},
+    "lr3e-3_range_cf": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
+                        "model": {"counterfactual_weight": 1.0}},
+}
+
+
+def variant_config(name: str, budget_steps: int, seed: int, out_dir: str) -> TrainConfig:
+    """The TrainConfig of variant ``name`` for ``budget_steps`` steps."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    fields = {**TODAY, **VARIANTS[name]}
+    model = fields.pop("model", {})
+    return TrainConfig(method="mcm", preset="tiny", dataset="shapes", masking="random", steps=budget_steps,
+                       seed=seed, model=model, out_dir=out_dir, progress=False, log_every=50, **fields)
+
+
+def step_seconds(cfg: TrainConfig, warmup: int = 3, timed: int = 10) -> float:
+    """Median seconds of one training step of ``cfg`` on its real batches."""
+    trainer = Trainer(cfg)
+    trainer.model.train()
+    times = []
+    for images, targets in trainer.batches(warmup + timed):
+        start = time.perf_counter()
+        trainer.train_step(images, targets)
+        times.append(time.perf_counter() - start)
+        trainer.step += 1
+    return statistics.median(times[warmup:])
+
+
+def measure(model: torch.nn.Module, split: str, num_images: int, seed: int) -> dict[str, Any]:
+    """Macro-F1, the colour measures over the curve's ratios, and edit success at 0.75 on ``split``."""
+    data = load_dataset("shapes", split=split, size=num_images, seed=0)
+    logits, targets = predict_concepts(model, data, batch_size=200)
+    report = concept_metrics(logits, targets, list(data.concept_names))
+    curve = measure_dataset(model, data, CURVE_RATIOS, num_images, seed)
+    batch = data.batch(range(num_images))
+    edit = edit_success_rate(model, batch.images, batch.concepts, 0.75, torch.Generator().manual_seed(seed),
+                             batch_size=200)
+    return {"macro_f1": report.macro["f1"], "per_concept_f1": dict(zip(data.concept_names, report.column("f1"))),
+            "curve": [m.to_dict() for m in curve], "edit_success_075": edit["rate"]}
+
+
+def run(name: str, seed: int, budget_s: float, split: str, num_images: int) -> dict[str, Any]:
+    """Calibrate, train for the budget, measure: one result row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = variant_config(name, 10_000, seed, tmp)
+        per_step = step_seconds(probe)
+        steps = max(20, int(budget_s / per_step))
+        cfg = variant_config(name, steps, seed, tmp)
+        start = time.perf_counter()
+        result = fit(cfg)
+        train_s = time.perf_counter() - start
+        measured = measure(result.model, split, num_images, seed)
+    return {"variant": name, "seed": seed, "budget_s": budget_s, "steps": steps, "step_s": per_step,
+            "train_s": train_s, "images_per_s": cfg.batch_size / per_step, "split": split,
+            "config": {k: v for k, v in cfg.to_dict().items() if k in {**TODAY, **VARIANTS[name]}},
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()
+            or platform.machine(), "date": dt.date.today().isoformat(), **measured}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per variant, each measure as the values of its seeds."""
+    def at(row: dict[str, Any], ratio: float, key: str) -> float:
+        return next(m[key] for m in row["curve"] if abs(m["mask_ratio"] - ratio) < 1e-9)
+
+    head = ("| variant | seeds | steps | img/s | macro-F1 | PSNR@0.5 (dB) | colour fidelity 0.25 / 0.5 / 0.75 "
+            "| edit following 0.5 / 0.75 / 0.9 | edit success@0.75 |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        group = [r for r in rows if r["variant"] == name]
+
+        def seeds(fn, fmt: str = "{:.3f}") -> str:
+            return " / ".join(fmt.format(fn(r)) for r in group)
+
+        fid = " ; ".join("/".join(f"{at(r, x, 'colour_fidelity'):.2f}" for x in (0.25, 0.5, 0.75)) for r in group)
+        edit = " ; ".join("/".join(f"{at(r, x, 'edit_following'):.2f}" for x in (0.5, 0.75, 0.9)) for r in group)
+        lines.append(f"| {name} | {seeds(lambda r: r['seed'], '{}')} | {seeds(lambda r: r['steps'], '{}')} "
+                     f"| {seeds(lambda r: r['images_per_s'], '{:.0f}')} | {seeds(lambda r: r['macro_f1'])} "
+                     f"| {seeds(lambda r: at(r, 0.5, 'psnr'), '{:.1f}')} | {fid} | {edit} "
+                     f"| {seeds(lambda r: r['edit_success_075'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"from {sorted(VARIANTS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--budget-s", type=float, default=300.0, help="training wall-clock per run, seconds")
+    p.add_argument("--split", default="val", choices=("val", "test"), help="held-out split to measure on")
+    p.add_argument("--num-images", type=int, default=600)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, help="append one JSON line per run here")
+    p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return 0
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.variants:
+        for seed in args.seeds:
+            row = run(name, seed, args.budget_s, args.split, args.num_images)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
