@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +54,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr3e-3_range": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9},
     "lr3e-3_dec128": {"precision": "auto", "lr": 3e-3, "model": {"decoder_embed_dim": 128, "decoder_num_heads": 4}},
     "lr3e-3_bs32": {"precision": "auto", "lr": 3e-3, "batch_size": 32},
+    "lr1e-2": {"precision": "auto", "lr": 1e-2},
+    "lr3e-3_m75": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.75},
+    "lr3e-3_range50": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.5, "mask_ratio_max": 0.9},
+    "lr3e-3_range_cf_vis": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
+                            "model": {"counterfactual_weight": 1.0, "visible_loss_weight": 1.0}},
+    "lr3e-3_vis": {"precision": "auto", "lr": 3e-3, "model": {"visible_loss_weight": 1.0}},
     "lr3e-3_cf": {"precision": "auto", "lr": 3e-3, "model": {"counterfactual_weight": 1.0}},
     "lr3e-3_range_cf": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
                         "model": {"counterfactual_weight": 1.0}},
@@ -95,8 +102,9 @@ def measure(model: torch.nn.Module, split: str, num_images: int, seed: int) -> d
             "curve": [m.to_dict() for m in curve], "edit_success_075": edit["rate"]}
 
 
-def run(name: str, seed: int, budget_s: float, split: str, num_images: int) -> dict[str, Any]:
-    """Calibrate, train for the budget, measure: one result row."""
+def run(name: str, seed: int, budget_s: float, split: str, num_images: int,
+        save_dir: Path | None = None) -> dict[str, Any]:
+    """Calibrate, train for the budget, measure: one result row (the run folder kept under ``save_dir``)."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = variant_config(name, 10_000, seed, tmp)
         per_step = step_seconds(probe)
@@ -106,6 +114,8 @@ def run(name: str, seed: int, budget_s: float, split: str, num_images: int) -> d
         result = fit(cfg)
         train_s = time.perf_counter() - start
         measured = measure(result.model, split, num_images, seed)
+        if save_dir is not None:
+            shutil.copytree(tmp, save_dir / f"{name}_seed{seed}", dirs_exist_ok=True)
     return {"variant": name, "seed": seed, "budget_s": budget_s, "steps": steps, "step_s": per_step,
             "train_s": train_s, "images_per_s": cfg.batch_size / per_step, "split": split,
             "config": {k: v for k, v in cfg.to_dict().items() if k in {**TODAY, **VARIANTS[name]}},
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="append one JSON line per run here")
+    p.add_argument("--save-dir", type=Path, help="keep each run folder here, as <variant>_seed<seed>")
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
     args = p.parse_args(argv)
     if args.table:
@@ -154,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.variants:
         for seed in args.seeds:
-            row = run(name, seed, args.budget_s, args.split, args.num_images)
+            row = run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:

@@ -73,7 +73,9 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "auto (bf16 autocast on a GPU, and on a CPU with native bf16 matrix units "
                     "(AVX512-BF16 or AMX), where it trains 1.6x faster; float32 elsewhere), bf16 or fp32")
-    compile: bool = opt(False, "torch.compile the model (GPU only; ignored on CPU)")
+    compile: bool = opt(False, "torch.compile the model (inductor). On a GPU it pays at once; on a CPU it needs a "
+                               "C++ compiler and its 1-2 minute compile pays only on runs of 10 minutes or more "
+                               "(tiny MCM: 1.2x the eager bf16 step, docs/benchmarks.md)")
     deterministic: bool = opt(False, "use deterministic algorithms (bit-identical reruns, slower on GPU)")
     num_workers: int = opt(0, "DataLoader worker processes (unused for the built-in shapes data on a GPU, "
                                  "which is rendered on the GPU)")

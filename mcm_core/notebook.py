@@ -214,26 +214,29 @@ def checkpoint_matches(path: str | Path, config: Any) -> bool:
     return not config_changes(train.get("config", {}), config.to_dict()) and int(train.get("step", -1)) == config.steps
 
 
-def workbook_checkpoint(checkpoint_path: str | Path, quiet: bool = False) -> Path:
-    """The checkpoint a later notebook starts from: notebook 01's run if it exists, else the shipped one.
+def workbook_checkpoint(checkpoint_path: str | Path, quiet: bool = False, use_reference: bool = False) -> Path:
+    """The checkpoint a later notebook starts from.
 
     Args:
         checkpoint_path: a run folder (``<folder>/checkpoint.safetensors`` is used) or a
             ``.safetensors`` file, usually notebook 01's ``"../runs/01_train_mcm"``.
         quiet: do not print which checkpoint is used.
+        use_reference: take the reference checkpoint shipped with mcm_core (trained longer than
+            notebook 01's run; ``mcm_core/assets/README.md``) even when ``checkpoint_path`` exists.
     Returns:
-        The path of an existing checkpoint file.
+        The path of an existing checkpoint file: the reference one when asked for, else notebook
+        01's run if it exists, else the reference one.
     Raises:
         FileNotFoundError: neither exists (the package was installed without its assets).
     """
     path = Path(checkpoint_path)
     candidate = path if path.suffix == ".safetensors" else path / CHECKPOINT_NAME
-    chosen = candidate if candidate.is_file() else SHIPPED_CHECKPOINT
+    chosen = candidate if candidate.is_file() and not use_reference else SHIPPED_CHECKPOINT
     if not chosen.is_file():
         raise FileNotFoundError(f"no checkpoint at {candidate} and the shipped one ({SHIPPED_CHECKPOINT}) is "
                                 "missing: run notebook 01 first, or reinstall mcm_core from the repository")
     if not quiet:
-        source = "notebook 01's run" if chosen == candidate else "the checkpoint shipped with mcm_core"
+        source = "notebook 01's run" if chosen == candidate else "the reference checkpoint shipped with mcm_core"
         print(f"using {source}: {chosen}")
     return chosen
 

@@ -22,7 +22,7 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -234,19 +234,25 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())
 
 
-def attention_backend(device: torch.device, bf16: bool) -> Any:
-    """The attention kernel context for a training step: explicit (MATH) attention for bf16 on a CPU.
+@contextmanager
+def explicit_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every attention module of ``model`` computes ``softmax(q k^T / sqrt(d)) v``
+    with plain matrix products instead of ``F.scaled_dot_product_attention``; restored after.
 
-    At the ``tiny`` preset's sequence lengths (13 to 65 tokens) the CPU's fused flash-attention
-    kernel spends 5x longer in its bf16 backward than the matrix products it replaces (torch.profiler,
-    docs/benchmarks.md); the MATH backend is plain matrix products and a softmax, which bf16 speeds up.
-    Elsewhere torch picks its kernel as usual.
+    Used for bf16 training on a CPU: at the ``tiny`` preset's sequence lengths (13 to 65 tokens)
+    the CPU's fused flash-attention kernel spends 5x longer in its bf16 backward than the matrix
+    products it replaces, and its MATH fallback adds masking checks (``isneginf``, ``all``,
+    ``where``) on every call (torch.profiler, docs/benchmarks.md). Modules opt in through timm's
+    ``fused_attn`` attribute (timm's ``Attention`` and MCM's ``CrossAttention`` have it).
     """
-    if device.type == "cpu" and bf16:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
-    return nullcontext()
+    modules = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if enabled else []
+    for module in modules:
+        module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.fused_attn = True
 
 
 def fused_adamw_supported(device: torch.device) -> bool:
@@ -289,7 +295,7 @@ class Trainer:
         if world_size > 1:  # gradients averaged across processes in backward
             self.model = distributed.wrap(self.model, self.device)
         self.step_fn = self.model
-        if cfg.compile and self.device.type == "cuda":
+        if cfg.compile:  # inductor; on a CPU it needs a C++ compiler, and pays only on long runs (docs/benchmarks.md)
             self.step_fn = torch.compile(self.model)
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []
@@ -397,7 +403,8 @@ class Trainer:
         if self.counterfactual:  # this step's images with one concept group changed, rendered on the device
             cf_generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 4))
             extra["counterfactual"] = self.dataset.counterfactuals(self.step_ids.ids(self.step), cf_generator, images.device)
-        with autocast, attention_backend(self.device, self.use_bf16):
+        explicit = self.device.type == "cpu" and self.use_bf16
+        with autocast, explicit_attention(self.unwrapped, explicit):
             return self.step_fn(images, mask=mask, mask_ratio=ratio, concepts=concepts,
                                 generator=generator, **extra)
 

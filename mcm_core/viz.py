@@ -291,6 +291,38 @@ def plot_concept_metrics(report: Any, metrics: Sequence[str] = ("f1", "precision
     return fig
 
 
+def plot_measures_curve(curves: Mapping[str, Sequence[Any]], targets: Mapping[str, float] | None = None) -> Figure:
+    """Hidden-pixel PSNR (left) and colour fidelity / colour-edit following (right) against the test-time
+    mask ratio, one line style per model; two axes.
+
+    Args:
+        curves: model label -> ``mcm_core.measures.measure_shapes_curve(...)`` (objects with
+            ``mask_ratio``, ``psnr``, ``colour_fidelity``, ``edit_following``).
+        targets: optional horizontal guides, e.g. ``{"psnr": 24, "share": 0.9}``.
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass {label: measure_shapes_curve(...)} for at least one model")
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for (label, curve), style in zip(curves.items(), ("-", "--", ":", "-.")):
+        ratios = [m.mask_ratio for m in curve]
+        left.plot(ratios, [m.psnr for m in curve], style, marker="o", color="k", label=label)
+        right.plot(ratios, [m.colour_fidelity for m in curve], style, marker="o", color="tab:blue",
+                   label=f"colour fidelity ({label})")
+        right.plot(ratios, [m.edit_following for m in curve], style, marker="s", color="tab:red",
+                   label=f"colour-edit following ({label})")
+    for ax, key in ((left, "psnr"), (right, "share")):
+        if targets and key in targets:
+            ax.axhline(targets[key], color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("test-time mask ratio")
+        ax.grid(alpha=0.3)
+    left.set(ylabel="dB", title="hidden-pixel PSNR")
+    right.set(ylim=(0, 1.02), ylabel="share of hidden object pixels", title="colours of the hidden object pixels")
+    left.legend(fontsize=8)
+    right.legend(fontsize=7, loc="lower right")
+    return fig
+
+
 # --------------------------------------------------------------------------- files
 def figures_dir() -> Path:
     """``$MCM_FIGURES_DIR`` if set, else ``<repo>/figures``."""

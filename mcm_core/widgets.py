@@ -68,17 +68,27 @@ class InterpolationWidget:
         seed: seeds the mask noise; resample number ``i`` uses ``seed + i``.
         titles: optional B column titles.
         max_ratio, ratio_step: the slider's range is ``0 .. max_ratio`` in steps of ``ratio_step``.
+        object_masks, colours: the shapes data's object masks (B, H, W) and slot colours (B, M) of
+            ``images`` (``ShapesDataset.batch``): with them, ``readout`` shows the measures of
+            ``mcm_core.measures`` (hidden-pixel PSNR, colour fidelity, colour-edit following) for
+            the images on screen at the slider's ratio and the current mask.
 
     Attributes:
         slider, toggles (K), resample, output: the controls and the output area.
+        readout: a line of text with the measures on screen (empty without object masks);
+            measures: the last :class:`mcm_core.measures.ShapesMeasures` or None.
         widget: the whole view (slider and button, the toggles in two columns, the output).
         view, figure: the last :class:`Interpolation` and its figure; renders: how many so far.
     """
 
     def __init__(self, model: nn.Module, images: torch.Tensor, concept_names: Sequence[str] | None = None,
                  mask_ratio: float = 0.5, seed: int = 0, titles: Sequence[str] | None = None,
-                 max_ratio: float = 0.95, ratio_step: float = 0.05) -> None:
+                 max_ratio: float = 0.95, ratio_step: float = 0.05, object_masks: torch.Tensor | None = None,
+                 colours: torch.Tensor | None = None) -> None:
         check_mcm(model)
+        if (object_masks is None) != (colours is None):
+            raise ValueError("pass object_masks and colours together (ShapesDataset.batch(...).object_masks and "
+                             ".factors['colour']), or neither")
         max_ratio = check_mask_ratio(max_ratio, "max_ratio")
         if not check_mask_ratio(mask_ratio) <= max_ratio:
             raise ValueError(f"mask_ratio {mask_ratio} is above the slider's max_ratio {max_ratio}; raise max_ratio")
@@ -100,6 +110,9 @@ class InterpolationWidget:
                         for name in names]
         self.resample = widgets.Button(description="resample mask", icon="refresh")
         self.output = widgets.Output()
+        self.object_masks, self.colours = object_masks, colours
+        self.readout = widgets.HTML()
+        self.measures: Any = None
         self.view: Interpolation | None = None
         self.figure: Figure | None = None
         self.error: str | None = None
@@ -108,7 +121,7 @@ class InterpolationWidget:
             control.observe(self.on_change, names="value")
         self.resample.on_click(self.on_resample)
         grid = widgets.GridBox(self.toggles, layout=widgets.Layout(grid_template_columns="repeat(2, auto)"))
-        self.widget = widgets.VBox([widgets.HBox([self.slider, self.resample]), grid, self.output])
+        self.widget = widgets.VBox([widgets.HBox([self.slider, self.resample]), grid, self.readout, self.output])
         self.render()
 
     @property
@@ -126,9 +139,28 @@ class InterpolationWidget:
         self.view = interpolate(self.model, self.images, self.slider.value, self.states, self.noise)
         self.figure = plot_interpolation(self.view, self.model.cfg.patch_size, self.names, self.titles)
         show_figure(self.output, self.figure)
+        self.show_measures()
         self.renders += 1
         self.error = None
         return self.figure
+
+    def show_measures(self) -> None:
+        """Measure the images on screen under the view's mask and write the readout line."""
+        if self.object_masks is None or self.view is None:
+            return
+        from mcm_core.measures import measure_shapes
+
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            m = measure_shapes(self.model, self.images.to(device), self.object_masks.to(device), self.colours,
+                               self.view.mask.to(device), self.view.mask_ratio)
+        self.measures = m
+        if not m.object_pixels:
+            self.readout.value = f"<b>on screen, ratio {m.mask_ratio:.2f}</b>: no object pixel is hidden"
+            return
+        self.readout.value = (f"<b>on screen, ratio {m.mask_ratio:.2f}</b>: hidden-pixel PSNR {m.psnr:.1f} dB · "
+                              f"colour fidelity {m.colour_fidelity:.2f} · colour-edit following "
+                              f"{m.edit_following:.2f} (hidden object pixels: {m.object_pixels})")
 
     def on_change(self, change: dict[str, Any] | None = None) -> None:
         """Observer of the slider and the toggles: re-render, or show the error in the output area."""

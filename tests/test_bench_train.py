@@ -23,7 +23,10 @@ def check_row(row: dict) -> None:
     for name in FIELDS:
         assert name in row, name
     assert row["preset"] == "tiny" and row["batch_size"] == 4 and row["device"]
-    assert row["precision"] == "fp32" and row["compile"] is False  # CPU: float32, never compiled
+    from mcm_core.train import cpu_bf16_supported
+
+    # CPU: bf16 autocast where bf16 matrix products are native (precision=auto), never compiled unless asked
+    assert row["precision"] == ("bf16" if cpu_bf16_supported() else "fp32") and row["compile"] is False
     assert row["images_per_s"] > 0 and row["step_ms"] > 0 and row["tflops"] > 0
     assert row["peak_rss_mib"] > 0 and "peak_mem_gib" not in row
     assert row["gflop_per_image"] > row["forward_gflop_per_image"] >= row["encoder_forward_gflop_per_image"] > 0

@@ -218,3 +218,17 @@ def test_bf16_cpu_step_matches_float32(tmp_path):
         images, targets = next(trainer.batches(1))
         losses[precision] = trainer.train_step(images, targets)["loss"].item()
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+
+
+def test_explicit_attention_computes_the_same_and_restores_the_switch():
+    from mcm_core.train import explicit_attention
+
+    model = small_mcm()
+    images = torch.rand(4, 3, 32, 32)
+    mask = nested_mask(mask_noise(4, model.cfg.num_patches, torch.Generator().manual_seed(0)), 0.5)
+    fused = model(images, mask=mask).pred
+    with explicit_attention(model):
+        assert not any(getattr(m, "fused_attn", False) for m in model.modules())
+        explicit = model(images, mask=mask).pred
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert sum(getattr(m, "fused_attn", False) is True for m in model.modules()) >= 2 * model.cfg.depth

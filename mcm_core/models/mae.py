@@ -25,10 +25,19 @@ class MAEConfig(BackboneConfig):
     Args:
         mask_ratio: fraction of patches hidden during training (paper default 0.75).
         norm_pix_loss: regress per-patch normalized pixels instead of raw pixels.
+        visible_loss_weight: (our choice) weight of the same loss on the visible patches, added to the
+            hidden patches' mean (0 = MAE's loss on hidden patches only; the MAE paper's "all patches"
+            ablation is close to 1). Reconstructions show only hidden predictions either way.
     """
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    visible_loss_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.visible_loss_weight >= 0:
+            raise ValueError(f"visible_loss_weight must be >= 0 (0 = hidden patches only), got {self.visible_loss_weight}")
 
 
 @dataclass
@@ -192,13 +201,17 @@ class MaskedAutoencoder(nn.Module):
         return target
 
     def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MSE on hidden patches only; on all patches when nothing is hidden (mask ratio 0).
+        """MSE on hidden patches (plus ``visible_loss_weight`` x the visible patches' MSE); on all patches
+        when nothing is hidden (mask ratio 0).
 
         Args:
             images: (B, 3, H, W); pred: (B, L, p*p*3); mask: bool (B, L).
         """
         per_patch = ((pred - self.loss_target(images)) ** 2).mean(dim=-1)  # (B, L)
-        return masked_mean(per_patch, mask)
+        loss = masked_mean(per_patch, mask)
+        if self.cfg.visible_loss_weight > 0:
+            loss = loss + self.cfg.visible_loss_weight * masked_mean(per_patch, ~mask)
+        return loss
 
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
                 concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,

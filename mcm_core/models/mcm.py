@@ -114,12 +114,14 @@ def concept_map(depth: int, pairing: str) -> list[tuple[int, int]]:
 class CrossAttention(nn.Module):
     """Multi-head attention of queries ``x`` (B, Nq, D) over a separate set ``context`` (B, Nk, Dc).
 
-    Fused (``F.scaled_dot_product_attention``) unless the probabilities are asked for.
+    Fused (``F.scaled_dot_product_attention``) unless the probabilities are asked for or
+    ``fused_attn`` is False (timm's switch, which ``mcm_core.train.explicit_attention`` flips).
     """
 
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.fused_attn = True
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -131,9 +133,9 @@ class CrossAttention(nn.Module):
         q = self.q(x).reshape(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         probs = None
-        if return_attention:
-            probs = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
-            out = probs @ v
+        if return_attention or not self.fused_attn:
+            weights = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
+            out, probs = weights @ v, (weights if return_attention else None)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, nq, d)), probs
