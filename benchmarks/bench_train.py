@@ -287,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast on a GPU, float32 on a CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU only, as the trainer)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; on a CPU it needs a C++ compiler)")
     p.add_argument("--masking", default="random", choices=("random", "block", "hierarchical"))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model overrides for every run, e.g. --set decoder_depth=3")

@@ -93,7 +93,8 @@ def make_trainer(method: str, preset: str, batch_size: int, seed: int, out_dir: 
 
     cfg = TrainConfig(method=method, preset=preset, dataset="shapes",
                       data={"size": 64, "image_size": PRESETS[preset]["img_size"]},
-                      steps=100, batch_size=batch_size, seed=seed, device="cpu", progress=False, out_dir=out_dir)
+                      steps=100, batch_size=batch_size, seed=seed, device="cpu", precision="fp32", progress=False,
+                      out_dir=out_dir)  # float32: compiled and eager losses are compared to 1e-4
     return Trainer(cfg)
 
 

@@ -49,6 +49,9 @@ TODAY: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "mask_ratio": 0.5, "warmu
 # name: overrides of TODAY (TrainConfig fields; "model" entries are model-config overrides).
 VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
+    # Notebook 01's recipe (the reference checkpoint trains the same for 4,000 steps).
+    "notebook01": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
+                   "model": {"counterfactual_weight": 1.0}},
     "fast": {"precision": "auto"},  # bf16 autocast + explicit attention on a bf16-capable CPU
     "lr3e-3": {"precision": "auto", "lr": 3e-3},
     "lr3e-3_range": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9},
@@ -103,12 +106,13 @@ def measure(model: torch.nn.Module, split: str, num_images: int, seed: int) -> d
 
 
 def run(name: str, seed: int, budget_s: float, split: str, num_images: int,
-        save_dir: Path | None = None) -> dict[str, Any]:
-    """Calibrate, train for the budget, measure: one result row (the run folder kept under ``save_dir``)."""
+        save_dir: Path | None = None, fixed_steps: int | None = None) -> dict[str, Any]:
+    """Calibrate, train for the budget (or exactly ``fixed_steps``), measure: one result row (the run
+    folder kept under ``save_dir``)."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = variant_config(name, 10_000, seed, tmp)
         per_step = step_seconds(probe)
-        steps = max(20, int(budget_s / per_step))
+        steps = fixed_steps or max(20, int(budget_s / per_step))
         cfg = variant_config(name, steps, seed, tmp)
         start = time.perf_counter()
         result = fit(cfg)
@@ -128,8 +132,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     def at(row: dict[str, Any], ratio: float, key: str) -> float:
         return next(m[key] for m in row["curve"] if abs(m["mask_ratio"] - ratio) < 1e-9)
 
-    head = ("| variant | seeds | steps | img/s | macro-F1 | PSNR@0.5 (dB) | colour fidelity 0.25 / 0.5 / 0.75 "
-            "| edit following 0.5 / 0.75 / 0.9 | edit success@0.75 |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| variant | seeds | steps | train s | img/s | macro-F1 | PSNR@0.5 (dB) | colour fidelity 0.25 / 0.5 / 0.75 "
+            "| edit following 0.5 / 0.75 / 0.9 | edit success@0.75 |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name in dict.fromkeys(r["variant"] for r in rows):
         group = [r for r in rows if r["variant"] == name]
@@ -140,10 +144,33 @@ def table(rows: list[dict[str, Any]]) -> str:
         fid = " ; ".join("/".join(f"{at(r, x, 'colour_fidelity'):.2f}" for x in (0.25, 0.5, 0.75)) for r in group)
         edit = " ; ".join("/".join(f"{at(r, x, 'edit_following'):.2f}" for x in (0.5, 0.75, 0.9)) for r in group)
         lines.append(f"| {name} | {seeds(lambda r: r['seed'], '{}')} | {seeds(lambda r: r['steps'], '{}')} "
+                     f"| {seeds(lambda r: r['train_s'], '{:.0f}')} "
                      f"| {seeds(lambda r: r['images_per_s'], '{:.0f}')} | {seeds(lambda r: r['macro_f1'])} "
                      f"| {seeds(lambda r: at(r, 0.5, 'psnr'), '{:.1f}')} | {fid} | {edit} "
                      f"| {seeds(lambda r: r['edit_success_075'])} |")
     return "\n".join(lines)
+
+
+def measure_runs(args: argparse.Namespace) -> int:
+    """Re-measure saved run folders on ``args.split``: one row each, the training facts from its history."""
+    from mcm_core.checkpoint import load_checkpoint
+
+    rows = []
+    for folder in args.measure_runs:
+        model, info = load_checkpoint(folder / "checkpoint.safetensors")
+        cfg, history = info.train["config"], info.train["history"]
+        name, _, seed = folder.name.rpartition("_seed")
+        row = {"variant": name, "seed": int(seed), "steps": info.train["step"], "train_s": history[-1]["elapsed_s"],
+               "images_per_s": cfg["batch_size"] * info.train["step"] / history[-1]["elapsed_s"],
+               "split": args.split, "date": dt.date.today().isoformat(), "run": str(folder),
+               **measure(model, args.split, args.num_images, int(seed))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    print(table(rows))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,21 +178,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"from {sorted(VARIANTS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--budget-s", type=float, default=300.0, help="training wall-clock per run, seconds")
+    p.add_argument("--steps", type=int, help="train exactly this many steps instead of calibrating to the budget")
     p.add_argument("--split", default="val", choices=("val", "test"), help="held-out split to measure on")
     p.add_argument("--num-images", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="append one JSON line per run here")
     p.add_argument("--save-dir", type=Path, help="keep each run folder here, as <variant>_seed<seed>")
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
+    p.add_argument("--measure-runs", type=Path, nargs="+", metavar="RUN",
+                   help="measure saved run folders (--save-dir) on --split instead of training; rows to --out")
     args = p.parse_args(argv)
     if args.table:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return 0
     torch.set_num_threads(args.threads)
+    if args.measure_runs:
+        return measure_runs(args)
     rows = []
     for name in args.variants:
         for seed in args.seeds:
-            row = run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir)
+            row = run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir, args.steps)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:

@@ -269,6 +269,27 @@ def reconstruction_over(model: Any, dataset: Any, mask_ratio: float, seed: int) 
     return {"mse": mse, "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else float("inf"), "mask_ratio": mask_ratio}
 
 
+def shapes_measures(model: Any, dataset: Any, size: int, seed: int) -> list[dict[str, float]] | None:
+    """``mcm_core.measures`` over the curve's mask ratios on the first ``size`` images, or None where they
+    do not apply (not an MCM decoding pixels, or not the one-object shapes data)."""
+    from torch.utils.data import Subset
+
+    from mcm_core.measures import measure_dataset
+
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if (not is_concept_model(model) or no_reconstruction(model) is not None or not hasattr(base, "factors")
+            or int(base.factors["present"].sum(dim=1).max()) > 1):
+        return None
+    return [m.to_dict() for m in measure_dataset(model, base, num_images=min(size, len(base)), seed=seed)]
+
+
+def print_measures(rows: list[dict[str, float]]) -> None:
+    print("hidden pixels of held-out images (mcm_core.measures):")
+    for r in rows:
+        print(f"  mask ratio {r['mask_ratio']:.2f}: psnr {fmt(r['psnr'], 2)} dB  colour fidelity "
+              f"{fmt(r['colour_fidelity'])}  colour-edit following {fmt(r['edit_following'])}")
+
+
 def concept_report(model: Any, dataset: Any, prior_threshold: bool = False) -> tuple[Any, float | None]:
     """MCM's concept metrics on full images, named after the model's concepts, and the class accuracy.
 
@@ -407,6 +428,8 @@ class RunEvaluator:
             metrics["notes"].append(why)
         else:
             metrics["reconstruction"] = reconstruction_over(model, data, self.cfg.mask_ratio, self.cfg.seed)
+        if (rows := shapes_measures(model, data, len(data), self.cfg.seed)) is not None:
+            metrics["measures"] = rows
         return metrics
 
     def __call__(self, model: Any, step: int) -> dict[str, float]:
@@ -418,6 +441,11 @@ class RunEvaluator:
         if "reconstruction" in metrics:
             rec = metrics["reconstruction"]
             flat.update({"recon_mse": rec["mse"], "recon_psnr": rec["psnr"]})
+        for row in metrics.get("measures", []):
+            if row["mask_ratio"] in (0.5, 0.9):
+                ratio = f"{row['mask_ratio']:g}".replace(".", "")
+                flat.update({f"psnr_{ratio}": row["psnr"], f"colour_fidelity_{ratio}": row["colour_fidelity"],
+                             f"edit_following_{ratio}": row["edit_following"]})
         return flat
 
     def final(self, model: Any, step: int) -> dict[str, Any]:
@@ -550,6 +578,9 @@ def run_eval(args: argparse.Namespace) -> int:
         rec = metrics["reconstruction"]
         print(f"reconstruction (hidden patches, mask ratio {ratio}): mse {fmt(rec['mse'], 4)}  "
               f"psnr {fmt(rec['psnr'], 2)} dB")
+        if (rows := shapes_measures(model, dataset, size, args.seed)) is not None:
+            metrics["measures"] = rows
+            print_measures(rows)
     if args.knn or args.probe:
         features_metrics(model, name, dataset, data, options, args, metrics)
     if args.edit:

@@ -97,8 +97,13 @@ class ShapesMeasures:
 def nearest_palette(images: Tensor) -> Tensor:
     """Index of the nearest palette colour of every pixel: (B, 3, H, W) -> long (B, H, W) (rows of PALETTE)."""
     palette = PALETTE.to(images.device)
-    distance = ((images[:, None] - palette[None, :, :, None, None]) ** 2).sum(dim=2)  # (B, 6, H, W)
-    return distance.argmin(dim=1)
+    best = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long, device=images.device)
+    nearest = torch.full(best.shape, math.inf, device=images.device)
+    for index, colour in enumerate(palette):  # one (B, H, W) distance at a time: bounded memory at 224 px
+        distance = ((images - colour[None, :, None, None]) ** 2).sum(dim=1)
+        closer = distance < nearest
+        best, nearest = torch.where(closer, index, best), torch.where(closer, distance, nearest)
+    return best
 
 
 def colour_edit_states(colours: Tensor, num_concepts: int,

@@ -36,7 +36,8 @@ METRICS_ENV = "MCM_METRICS_PATH"  # where record_metrics writes; set by the lab 
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
 
 Spec = Mapping[str, tuple[Any, Any]]
-# A small MCM (tiny preset, shapes) shipped with the package so notebooks 02-04 run without 01;
+# The reference MCM (tiny preset, shapes, notebook 01's recipe trained longer) shipped with the package:
+# notebooks 02 and 03 draw their figures from it by default, and notebook 01 compares its run with it;
 # mcm_core/assets/README.md holds the command that trained it and its measured metrics.
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "mcm_tiny_shapes.safetensors"
 CHECKPOINT_NAME = "checkpoint.safetensors"  # what mcm_core.train writes into a run folder

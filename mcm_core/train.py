@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,9 +218,10 @@ def cpu_bf16_supported() -> bool:
     matrix product runs at 396 GFLOP/s in bf16 against 150 in float32. CPUs without these units
     emulate bf16 and run slower than in float32, so they keep float32.
     """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:  # oneDNN's own _is_mkldnn_bf16_supported() is true on any AVX-512 CPU, emulated bf16 included
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:
         return False
 
 
@@ -296,6 +298,10 @@ class Trainer:
             self.model = distributed.wrap(self.model, self.device)
         self.step_fn = self.model
         if cfg.compile:  # inductor; on a CPU it needs a C++ compiler, and pays only on long runs (docs/benchmarks.md)
+            if cfg.mask_ratio_max > cfg.mask_ratio:
+                warnings.warn("compile with a mask ratio range (mask_ratio_max): the number of visible patches changes "
+                              "every step, so torch.compile recompiles (dynamic shapes) and may fall back to eager; "
+                              "use a fixed mask_ratio (mask_ratio_max=0) for compiled runs", stacklevel=2)
             self.step_fn = torch.compile(self.model)
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []

@@ -123,6 +123,8 @@ def test_workbook_checkpoint_prefers_notebook_01_run_then_the_shipped_one(tmp_pa
     save_checkpoint(run / "checkpoint.safetensors", build_model("mcm", "tiny"))
     assert workbook_checkpoint(run) == run / "checkpoint.safetensors"
     assert workbook_checkpoint(run / "checkpoint.safetensors", quiet=True) == run / "checkpoint.safetensors"
+    assert workbook_checkpoint(run, use_reference=True) == SHIPPED_CHECKPOINT  # notebooks 02/03's default
+    assert "reference" in capsys.readouterr().out
 
 
 def test_the_shipped_checkpoint_is_a_trained_mcm_on_shapes():
@@ -133,3 +135,5 @@ def test_the_shipped_checkpoint_is_a_trained_mcm_on_shapes():
     assert info.method == "mcm" and model.cfg.num_concepts == 13 and model.cfg.img_size == 32
     assert info.train["step"] == info.train["config"]["steps"]
     assert info.train["metrics"]["concepts"]["macro"]["f1"] > 0.5  # measured when it was made, see assets/README.md
+    measured = info.train["test_measures"]  # scripts/ship_checkpoint.py, on the held-out test split
+    assert [row["mask_ratio"] for row in measured["curve"]] == [0.1, 0.25, 0.5, 0.75, 0.9]

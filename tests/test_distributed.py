@@ -24,14 +24,15 @@ from mcm_core.train import Trainer, step_seed
 WORLD, STEPS, BATCH, SPLIT_AT = 2, 6, 16, 3
 SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 64, "decoder_num_heads": 2}
 OPTIONS = dict(method="mcm", steps=STEPS, batch_size=BATCH, mask_ratio=0.5, model=SMALL, data={"size": 128},
-               device="cpu", deterministic=True, progress=False, log_every=1, warmup_steps=2, eval_size=16)
+               device="cpu", deterministic=True, progress=False, log_every=1, warmup_steps=2, eval_size=16,
+               precision="fp32")  # the tolerances below are float32's
 
 
 def cli_args(cfg: TrainConfig) -> list[str]:
     """The ``train`` command line that reproduces ``cfg``."""
     args = ["train", "--set", f"model={json.dumps(cfg.model)}", "--set", f"data={json.dumps(cfg.data)}"]
     for name in ("method", "steps", "batch_size", "mask_ratio", "device", "log_every", "warmup_steps",
-                 "eval_size", "out_dir"):
+                 "eval_size", "precision", "out_dir"):
         args += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
     return args + ["--deterministic", "--no-progress"]
 
@@ -54,12 +55,13 @@ class ShardMasks(Trainer):
     in the same rows, so it sees the same images under the same masks as the processes together.
     """
 
-    def make_mask(self, images: torch.Tensor) -> torch.Tensor:
+    def make_mask(self, images: torch.Tensor, mask_ratio: float | None = None) -> torch.Tensor:
+        ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         rows = images.shape[0] // WORLD
         mask = torch.empty(images.shape[0], self.unwrapped.cfg.num_patches, dtype=torch.bool)
         for rank in range(WORLD):
             generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step * WORLD + rank, 1))
-            mask[rank::WORLD] = self.masker(rows, self.cfg.mask_ratio, generator=generator, device=images.device,
+            mask[rank::WORLD] = self.masker(rows, ratio, generator=generator, device=images.device,
                                             progress=self.step / self.cfg.steps)
         return mask
 

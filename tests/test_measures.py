@@ -167,8 +167,9 @@ def test_counterfactual_states_turn_the_labels_into_the_counterfactual_labels(da
 
 
 def test_counterfactual_loss_trains_the_state_embeddings(tmp_path):
-    cfg = TrainConfig(method="mcm", steps=2, batch_size=8, data={"size": 32}, precision="fp32",
-                      model={"counterfactual_weight": 1.0}, progress=False, out_dir=str(tmp_path))
+    cfg = TrainConfig(method="mcm", steps=2, batch_size=8, data={"size": 32}, precision="fp32", progress=False,
+                      model={"counterfactual_weight": 1.0, "concept_weight": 0.0, "aux_concept_weight": 0.0},
+                      out_dir=str(tmp_path))  # no concept loss: the state embeddings learn from edits alone
     trainer = Trainer(cfg)
     images, targets = next(trainer.batches(1))
     out = trainer.forward(images, targets)
@@ -178,6 +179,9 @@ def test_counterfactual_loss_trains_the_state_embeddings(tmp_path):
     with pytest.raises(ValueError, match="counterfactual_weight"):
         Trainer(TrainConfig(method="mcm", dataset="digits", steps=2, batch_size=8, progress=False,
                             model={"counterfactual_weight": 1.0}, out_dir=str(tmp_path / "d")))
+    several = load_dataset("shapes", size=8, min_objects=2, max_objects=2)
+    with pytest.raises(ValueError, match="several objects"):
+        several.counterfactuals(range(8), torch.Generator())
 
 
 # ---------------------------------------------------------------------------- mask ratio range

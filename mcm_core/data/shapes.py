@@ -237,6 +237,10 @@ class ShapesDataset(Dataset):
         """
         ids = self._ids(indices)
         factors = select(self.factors, ids)
+        if int(self.factors["present"].sum(dim=1).max()) > 1:
+            raise ValueError("counterfactuals change one object's factors, which is ambiguous with several objects "
+                             "per image (a concept is on when ANY object has it); use max_objects=1, or set "
+                             "model.counterfactual_weight=0")
         changed = counterfactual_factors(factors, generator)
         images, _ = render_shapes_u8(changed, self.image_size, device)
         before, after = self.targets[ids], concepts_from_factors(changed)

@@ -379,7 +379,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         return F.binary_cross_entropy_with_logits(logits, target)
 
     def counterfactual_loss(self, encoded: EncoderOutput, counterfactual: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """MSE on hidden patches between the decoded edit and the counterfactual image.
+        """MSE on hidden patches (``forward_loss``, so visible ones too with ``visible_loss_weight``) between the
+        decoded edit and the counterfactual image.
 
         Args:
             encoded: this step's encoder output (its mask and visible tokens are reused).

@@ -1,0 +1,43 @@
+"""The recipe study and the CPU step comparison run end to end on tiny budgets (no timing checks)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_recipe_study_trains_measures_and_tabulates(benchmark_script, tmp_path, capsys):
+    study = benchmark_script("recipe_study")
+    out, runs = tmp_path / "rows.jsonl", tmp_path / "runs"
+    assert study.main(["--variants", "notebook01", "--seeds", "0", "--steps", "3", "--num-images", "16",
+                       "--threads", "1", "--out", str(out), "--save-dir", str(runs)]) == 0
+    row = json.loads(out.read_text())
+    assert row["variant"] == "notebook01" and row["steps"] == 3 and row["split"] == "val"
+    assert [m["mask_ratio"] for m in row["curve"]] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert 0 <= row["macro_f1"] <= 1 and 0 <= row["edit_success_075"] <= 1
+    assert row["config"]["mask_ratio_max"] == 0.9  # the variant's settings are recorded
+    assert "| notebook01 | 0 | 3 |" in capsys.readouterr().out
+    # Saved runs are re-measured on another split without training.
+    assert study.main(["--measure-runs", str(runs / "notebook01_seed0"), "--split", "test", "--num-images", "16",
+                       "--threads", "1", "--out", str(out)]) == 0
+    again = json.loads(out.read_text().splitlines()[-1])
+    assert again["split"] == "test" and again["steps"] == 3 and again["variant"] == "notebook01"
+    with pytest.raises(SystemExit, match="unknown variant"):
+        study.variant_config("nope", 1, 0, str(tmp_path))
+
+
+def test_cpu_step_compare_runs_both_trees(benchmark_script, tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip("not a git checkout")
+    compare = benchmark_script("cpu_step_compare")
+    out = tmp_path / "rows.jsonl"
+    assert compare.main(["--baseline", "HEAD", "--methods", "mae", "--repeats", "1", "--warmup", "1", "--timed", "1",
+                         "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["tree"] for r in rows} == {"baseline", "checkout"} and all(r["images_per_s"] > 0 for r in rows)
+    assert "| mae | 0.75 |" in compare.table(rows)
