@@ -151,6 +151,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def emit(row: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """Print ``row`` as a JSON line and append it to ``out`` (when given); -> the row."""
+    print(json.dumps(row), flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    return row
+
+
 def measure_runs(args: argparse.Namespace) -> int:
     """Re-measure saved run folders on ``args.split``: one row each, the training facts from its history."""
     from mcm_core.checkpoint import load_checkpoint
@@ -164,11 +174,7 @@ def measure_runs(args: argparse.Namespace) -> int:
                "images_per_s": cfg["batch_size"] * info.train["step"] / history[-1]["elapsed_s"],
                "split": args.split, "date": dt.date.today().isoformat(), "run": str(folder),
                **measure(model, args.split, args.num_images, int(seed))}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        rows.append(emit(row, args.out))
     print(table(rows))
     return 0
 
@@ -197,13 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.variants:
         for seed in args.seeds:
-            row = run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir, args.steps)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                with open(args.out, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+            rows.append(emit(run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir, args.steps),
+                             args.out))
     print(table(rows))
     return 0
 
