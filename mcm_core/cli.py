@@ -277,8 +277,7 @@ def shapes_measures(model: Any, dataset: Any, size: int, seed: int) -> list[dict
     from mcm_core.measures import measure_dataset
 
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    if (not is_concept_model(model) or no_reconstruction(model) is not None or not hasattr(base, "factors")
-            or int(base.factors["present"].sum(dim=1).max()) > 1):
+    if not is_concept_model(model) or no_reconstruction(model) is not None or not getattr(base, "one_object", False):
         return None
     return [m.to_dict() for m in measure_dataset(model, base, num_images=min(size, len(base)), seed=seed)]
 

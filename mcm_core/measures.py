@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mcm_core.data.shapes_factors import BACKGROUND_U8, COLOUR_NAMES, CONCEPT_NAMES, PALETTE_U8
 from mcm_core.evaluate import check_image_batch, eval_mode, model_device
+from mcm_core.interpolation import check_mask_ratio, check_mcm, decode_edited, mask_noise, nested_mask
 
 __all__ = ["CURVE_RATIOS", "PALETTE", "ShapesMeasures", "colour_edit_states", "nearest_palette",
            "measure_shapes", "measure_shapes_curve", "measure_dataset", "summary"]
@@ -145,8 +146,6 @@ def pixel_mask(mask: Tensor, patch_size: int) -> Tensor:
 
 def check_shapes_inputs(model: nn.Module, images: Tensor, object_masks: Tensor, colours: Tensor) -> None:
     """Clear errors for what :func:`measure_shapes` cannot score."""
-    from mcm_core.interpolation import check_mcm
-
     check_mcm(model)
     check_image_batch(images)
     n, s = images.shape[0], images.shape[-1]
@@ -189,8 +188,7 @@ def measure_shapes(model: nn.Module, images: Tensor, object_masks: Tensor, colou
     out.own_colour = int((scored & (nearest == own[:, None, None])).sum())
     for states, target in colour_edit_states(colours[:, 0].cpu(), model.cfg.num_concepts, names):
         states, target = states.to(device), target.to(device)
-        edited = replace(encoded, concepts=model.apply_edits(encoded.concepts, states))
-        colour = nearest_palette(model.composite(images, model.forward_decoder(edited), mask))
+        colour = nearest_palette(decode_edited(model, images, encoded, states))
         counted = scored & (target >= 0)[:, None, None]
         out.edit_pixels += int(counted.sum())
         out.target_colour += int((counted & (colour == target[:, None, None])).sum())
@@ -209,8 +207,6 @@ def measure_shapes_curve(model: nn.Module, images: Tensor, object_masks: Tensor,
     Returns:
         One pooled :class:`ShapesMeasures` per ratio, in the order given.
     """
-    from mcm_core.interpolation import check_mask_ratio, mask_noise, nested_mask
-
     check_shapes_inputs(model, images, object_masks, colours)
     ratios = [check_mask_ratio(r, "each ratio") for r in ratios]
     noise = mask_noise(images.shape[0], model.cfg.num_patches, generator)  # (N, L)

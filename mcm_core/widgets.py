@@ -148,9 +148,10 @@ class InterpolationWidget:
         """Measure the images on screen under the view's mask and write the readout line."""
         if self.object_masks is None or self.view is None:
             return
+        from mcm_core.evaluate import model_device
         from mcm_core.measures import measure_shapes
 
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         with torch.no_grad():
             m = measure_shapes(self.model, self.images.to(device), self.object_masks.to(device), self.colours,
                                self.view.mask.to(device), self.view.mask_ratio)

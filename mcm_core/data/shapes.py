@@ -225,6 +225,11 @@ class ShapesDataset(Dataset):
         batch = self.batch(indices)
         return list(zip(batch.images.unbind(0), batch.concepts.unbind(0)))
 
+    @property
+    def one_object(self) -> bool:
+        """Whether every image holds exactly one object (colour edits and counterfactuals need it)."""
+        return int(self.factors["present"].sum(dim=1).max()) <= 1
+
     def counterfactuals(self, indices: Index, generator: torch.Generator,
                         device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of ``indices`` with one factor group changed each (``counterfactual_factors``).
@@ -237,7 +242,7 @@ class ShapesDataset(Dataset):
         """
         ids = self._ids(indices)
         factors = select(self.factors, ids)
-        if int(self.factors["present"].sum(dim=1).max()) > 1:
+        if not self.one_object:
             raise ValueError("counterfactuals change one object's factors, which is ambiguous with several objects "
                              "per image (a concept is on when ANY object has it); use max_objects=1, or set "
                              "model.counterfactual_weight=0")
