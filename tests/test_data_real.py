@@ -239,3 +239,234 @@ def test_imports_and_builds_without_network(tmp_path):
                           timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "offline ok" in done.stdout
+
+
+# ----------------------------------------------------------------- real images: decoding
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def _two_halves(w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8: left half red, right half blue."""
+    pixels = np.zeros((h, w, 3), dtype=np.uint8)
+    pixels[:, : w // 2] = (255, 0, 0)
+    pixels[:, w // 2:] = (0, 0, 255)
+    return pixels
+
+
+def _png16(array: np.ndarray, colour_type: int, extra: bytes = b"") -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot save 16-bit colour). array: (H, W[, C]) uint16."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = array.shape[:2]
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + extra + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def test_exif_orientation_applied(tmp_path):
+    from mcm_core.data.imageops import load_rgb, read_image
+
+    # Orientation 6: the stored picture must turn 90 degrees clockwise to stand upright,
+    # so the stored left half (red) ends on top of a portrait image.
+    Image.fromarray(_two_halves(40, 20)).save(tmp_path / "phone.png", exif=_exif(6))
+    upright = read_image(tmp_path / "phone.png")
+    assert upright.shape == (3, 40, 20)
+    assert upright[0, :20].min() == 1 and upright[2, :20].max() == 0  # top: red
+    assert upright[2, 20:].min() == 1 and upright[0, 20:].max() == 0  # bottom: blue
+    # A JPEG decoded at reduced scale (draft) and centre-cropped after turning upright.
+    Image.fromarray(_two_halves(320, 160)).save(tmp_path / "phone.jpg", exif=_exif(6), quality=95)
+    image = load_rgb(tmp_path / "phone.jpg", 16)
+    assert image.shape == (3, 16, 16)
+    assert image[0, :6].min() > 0.8 and image[2, :6].max() < 0.2
+    assert image[2, -6:].min() > 0.8 and image[0, -6:].max() < 0.2
+    # All eight orientations, by the EXIF definitions (numpy on (H, W, C) arrays).
+    stored = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    upright_of = {
+        1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+    }
+    for orientation, upright_fn in upright_of.items():
+        path = tmp_path / f"o{orientation}.png"
+        Image.fromarray(stored).save(path, exif=_exif(orientation))
+        expected = torch.from_numpy(upright_fn(stored).copy()).permute(2, 0, 1) / 255
+        assert torch.equal(read_image(path), expected), orientation
+
+
+def test_bit_depths_scaled_to_unit_range(tmp_path):
+    from mcm_core.data.imageops import _int_scale, read_image
+
+    Image.fromarray(np.full((4, 6), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    assert torch.allclose(read_image(tmp_path / "grey16.png"), torch.tensor(32768 / 65535))  # not 1.0
+    Image.fromarray(np.full((4, 6), 16384, dtype=np.uint16)).save(tmp_path / "grey16.tif")
+    assert torch.allclose(read_image(tmp_path / "grey16.tif"), torch.tensor(0.25), atol=1e-4)
+    Image.fromarray(np.full((3, 3), 2**30, dtype=np.int32)).save(tmp_path / "int32.tif")
+    assert torch.allclose(read_image(tmp_path / "int32.tif"), torch.tensor(0.5), atol=1e-6)
+    Image.fromarray(np.full((3, 3), 0.25, dtype=np.float32)).save(tmp_path / "float.tif")
+    assert torch.allclose(read_image(tmp_path / "float.tif"), torch.tensor(0.25))
+    # 16-bit PGM with maxval 4000: 1000 is a quarter of full scale.
+    (tmp_path / "deep.pgm").write_bytes(b"P5\n2 2\n4000\n" + np.full(4, 1000, ">u2").tobytes())
+    assert torch.allclose(read_image(tmp_path / "deep.pgm"), torch.tensor(0.25), atol=1e-4)
+    assert _int_scale("I;16B") == 65535  # 16-bit PNG as Pillow 10 reads it
+    assert _int_scale("I;32S") == 2**31 - 1 and _int_scale("I;32") == 2**32 - 1
+    # 16-bit colour PNG: Pillow keeps the high byte of each sample: 8-bit precision, right scale.
+    rgb = np.zeros((2, 3, 3), dtype=np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 65535, 32768, 257
+    (tmp_path / "rgb16.png").write_bytes(_png16(rgb, colour_type=2))
+    assert torch.allclose(read_image(tmp_path / "rgb16.png")[:, 0, 0],
+                          torch.tensor([1.0, 32768 / 65535, 257 / 65535]), atol=1 / 255)
+    # ... with alpha 0 composited on white, and with EXIF orientation like Pillow's.
+    rgba = np.concatenate([rgb, np.zeros((2, 3, 1), dtype=np.uint16)], axis=-1)
+    (tmp_path / "rgba16.png").write_bytes(_png16(rgba, colour_type=6))
+    assert torch.equal(read_image(tmp_path / "rgba16.png"), torch.ones(3, 2, 3))
+    ramp = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 3000).astype(np.uint16)
+    raw_exif = _exif(6).tobytes()
+    raw_exif = raw_exif[6:] if raw_exif.startswith(b"Exif\x00\x00") else raw_exif
+    eXIf = struct.pack(">I", len(raw_exif)) + b"eXIf" + raw_exif
+    import zlib
+    eXIf += struct.pack(">I", zlib.crc32(b"eXIf" + raw_exif))
+    (tmp_path / "turned16.png").write_bytes(_png16(ramp, colour_type=2, extra=eXIf))
+    expected = torch.from_numpy(np.rot90(ramp, -1) / 65535).permute(2, 0, 1).float()
+    turned = read_image(tmp_path / "turned16.png")
+    assert turned.shape == (3, 3, 2) and torch.allclose(turned, expected, atol=1 / 255)
+
+
+def test_modes_palette_grey_alpha(tmp_path):
+    from mcm_core.data.imageops import ALPHA_BACKGROUND, read_image
+
+    assert ALPHA_BACKGROUND == (1.0, 1.0, 1.0)
+    Image.fromarray(np.full((3, 3), 64, dtype=np.uint8)).save(tmp_path / "grey.png")
+    assert torch.allclose(read_image(tmp_path / "grey.png"), torch.tensor(64 / 255))
+    Image.new("1", (3, 3), 1).save(tmp_path / "bits.png")
+    assert torch.equal(read_image(tmp_path / "bits.png"), torch.ones(3, 3, 3))
+    palette = Image.new("P", (4, 2))
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.putpixel((0, 0), 1)  # green; the rest index 0 = red
+    palette.save(tmp_path / "palette.png")
+    image = read_image(tmp_path / "palette.png")
+    assert image[:, 0, 0].tolist() == [0, 1, 0] and image[:, 1, 3].tolist() == [1, 0, 0]
+    palette.save(tmp_path / "palette_key.png", transparency=0)  # red is transparent
+    image = read_image(tmp_path / "palette_key.png")
+    assert image[:, 0, 0].tolist() == [0, 1, 0] and image[:, 1, 3].tolist() == [1, 1, 1]
+    half = np.zeros((2, 2, 4), dtype=np.uint8)
+    half[..., 0], half[..., 3] = 255, 128  # red at alpha 128/255 over white
+    Image.fromarray(half, "RGBA").save(tmp_path / "rgba.png")
+    a = 128 / 255
+    assert torch.allclose(read_image(tmp_path / "rgba.png")[:, 0, 0], torch.tensor([1, 1 - a, 1 - a]),
+                          atol=1e-6)
+    Image.fromarray(np.stack([np.zeros((2, 2)), np.zeros((2, 2))], -1).astype(np.uint8), "LA").save(
+        tmp_path / "grey_alpha.png")  # black, fully transparent
+    assert torch.equal(read_image(tmp_path / "grey_alpha.png"), torch.ones(3, 2, 2))
+    Image.new("CMYK", (2, 2), (0, 255, 0, 0)).save(tmp_path / "cmyk.tif")  # magenta ink
+    assert read_image(tmp_path / "cmyk.tif")[:, 0, 0].tolist() == [1, 0, 1]
+
+
+def test_folder_formats_hidden_files_and_extensions(tmp_path):
+    from mcm_core.data.real import IMAGE_EXTENSIONS
+
+    assert {".tif", ".tiff", ".gif", ".png", ".jpg", ".webp", ".bmp"} <= set(IMAGE_EXTENSIONS)
+    assert ".pdf" not in IMAGE_EXTENSIONS and ".h5" not in IMAGE_EXTENSIONS  # Pillow cannot decode them
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(tmp_path / "scan.tif")
+    Image.fromarray(np.full((8, 8, 3), 50, dtype=np.uint8)).save(tmp_path / "anim.gif")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(40))
+    (tmp_path / "._scan.tif").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble, not a TIFF
+    (tmp_path / ".thumbnails").mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / ".thumbnails" / "t.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.warns(UserWarning, match=r"(?s)cannot decode.*phone\.heic.*pillow-heif"):
+        ds = load_dataset("folder", root=tmp_path, image_size=8)
+    assert [p.name for p in ds.paths] == ["anim.gif", "scan.tif"]
+    assert torch.allclose(ds[0][0], torch.tensor(50 / 255), atol=2 / 255)
+    assert torch.allclose(ds[1][0], torch.tensor(200 / 255))
+
+
+def _write_broken(root: Path) -> list[str]:
+    """Good images plus: a truncated PNG, a truncated JPEG, text named .png, an empty .jpg."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "good.png")
+    Image.fromarray(noise).save(root / "good.jpg")
+    (root / "sub").mkdir()
+    (root / "sub" / "cut.png").write_bytes((root / "good.png").read_bytes()[:600])
+    (root / "sub" / "cut.jpg").write_bytes((root / "good.jpg").read_bytes()[:700])
+    (root / "readme.png").write_text("this is not a picture")
+    (root / "empty.jpg").write_bytes(b"")
+    return ["empty.jpg", "readme.png", "sub/cut.jpg", "sub/cut.png"]
+
+
+def test_unreadable_files_listed_at_once_before_training(tmp_path):
+    from mcm_core.data.imageops import read_image
+    from mcm_core.data.real import UnreadableImagesError
+
+    bad = _write_broken(tmp_path)
+    with pytest.raises(UnreadableImagesError) as err:
+        load_dataset("folder", root=tmp_path, image_size=16)
+    message = str(err.value)
+    assert "4 of 6 image files" in message and "skip_unreadable=True" in message
+    assert all(name in message for name in bad) and "good" not in message
+    assert sorted(p.relative_to(tmp_path).as_posix() for p, _ in err.value.bad) == bad
+    assert "truncated" in dict((p.name, r) for p, r in err.value.bad)["cut.png"]
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(ValueError, match=r"cut\.jpg.*remove it from the data folder"):
+        read_image(tmp_path / "sub" / "cut.jpg")
+    # Many bad files: the message names LIST_AT_MOST of them and counts the rest.
+    for i in range(25):
+        (tmp_path / f"junk{i:02d}.png").write_text("x")
+    with pytest.raises(UnreadableImagesError, match=r"(?s)29 of 31 .*\.\.\. and 9 more"):
+        load_dataset("folder", root=tmp_path, image_size=16)
+
+
+def test_skip_unreadable_drops_with_warning(tmp_path):
+    from mcm_core.data import dataset_options
+
+    assert "skip_unreadable" in dataset_options("folder")
+    _write_broken(tmp_path)
+    with pytest.warns(UserWarning, match=r"(?s)skipping 4 of 6.*sub/cut\.png"):
+        ds = load_dataset("folder", root=tmp_path, image_size=16, skip_unreadable=True)
+    assert [p.name for p in ds.paths] == ["good.jpg", "good.png"]
+    assert sorted(p.name for p, _ in ds.skipped) == ["cut.jpg", "cut.png", "empty.jpg", "readme.png"]
+    assert ds[1][0].shape == (3, 16, 16)
+    with pytest.raises(TypeError, match="skip_unreadable"):
+        load_dataset("folder", root=tmp_path, skip_unreadable="yes")
+
+
+def test_small_images_warn_and_progress_bar(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import mcm_core.data.real as real
+
+    Image.fromarray(np.zeros((6, 10, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "fine.png")
+    small = r"1 of 2 images are much smaller than image_size=32.*tiny\.png \(10 x 6\)"
+    with pytest.warns(UserWarning, match=small):
+        load_dataset("folder", root=tmp_path, image_size=32)
+    monkeypatch.setattr(real, "SCAN_PROGRESS_MIN", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 6 px is not under half of 8: no warning
+        load_dataset("folder", root=tmp_path, image_size=8)
+    assert "checking images" in capsys.readouterr().err
+
+
+def test_scan_images_in_threads_keeps_order(tmp_path):
+    from mcm_core.data.real import scan_images
+
+    Image.fromarray(np.zeros((3, 5), dtype=np.uint8)).save(tmp_path / "good.png")
+    paths = []
+    for i in range(70):  # more than 64 files: decoded by a thread pool
+        path = tmp_path / f"{i:02d}.png"
+        if i % 7 == 0:
+            path.write_text("not a png")
+        else:
+            path.write_bytes((tmp_path / "good.png").read_bytes())
+        paths.append(path)
+    results = scan_images(paths, progress=False)
+    assert [isinstance(r, str) for r in results] == [i % 7 == 0 for i in range(70)]
+    assert results[1] == (5, 3)

@@ -58,7 +58,7 @@ def load_dataset(name: str, split: str = "train", **options: object) -> Dataset:
     - ``fashion_mnist``: root (Debian's install path), image_size (28)
     - ``digits``: image_size (32)
     - ``celeba``: root, attributes (11 defaults), image_size (64)
-    - ``folder``: root (required), image_size (32)
+    - ``folder``: root (required), image_size (32), skip_unreadable (False)
     """
     loader = _loader(name)
     valid = dataset_options(name)
