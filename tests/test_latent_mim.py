@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +14,11 @@ from mcm_core.config import TrainConfig
 from mcm_core.evaluate import extract_features
 from mcm_core.masking import ids_from_mask, random_mask
 from mcm_core.models import build_model, make_config
-from mcm_core.models.backbone import gather_tokens
+from mcm_core.models.backbone import gather_tokens, sincos_pos_embed
 from mcm_core.models.latent_mim import (
-    effective_rank, ema_momentum, gap_patches, hidden_ids, mean_pairwise_cosine, patch_info_nce,
-    position_share, similarity_target, standardize_tokens, visual_cue,
+    effective_rank, ema_momentum, gap_patches, grid_pos_embed, hidden_ids, mean_cosine_with_self,
+    mean_pairwise_cosine, patch_info_nce, position_share, reference_cue_weights, similarity_target,
+    standardize_tokens, visual_cue,
 )
 from mcm_core.train import Trainer, fit, param_groups
 
@@ -95,7 +98,9 @@ REFERENCE_HEAD = {"projector_depth": 3, "projector_dim": 96, "target_projector":
 
 
 @pytest.mark.parametrize("overrides", [{}, {"decoder": "mae"}, {"target": "online"}, {"sim_reg_weight": 1.0},
-                                       REFERENCE_HEAD, {**REFERENCE_HEAD, "target": "online"}])
+                                       REFERENCE_HEAD, {**REFERENCE_HEAD, "target": "online"}, {"reference": True},
+                                       {"reference": True, "sim_reg_weight": 1.0},
+                                       {"reference": True, "decoder": "mae"}])
 def test_every_trainable_parameter_gets_a_gradient_and_the_target_none(images, mask, overrides):
     model = make(**overrides)
     model(images, mask=mask).loss.backward()
@@ -318,6 +323,11 @@ def test_bad_config_raises_a_clear_error(overrides, message):
         make_config("latent_mim", **overrides)
 
 
+def test_option_types_are_checked_by_name():
+    with pytest.raises(TypeError, match="model option 'reference' of 'latent_mim' must be bool, got 'yes'"):
+        make_config("latent_mim", reference="yes")
+
+
 def test_bad_masks_and_images_raise_clear_errors(images):
     model = make()
     with pytest.raises(ValueError, match="at least 2 of the 64 patches"):
@@ -404,3 +414,141 @@ def test_trains_from_the_command_line(tmp_path, capsys):
     assert "no pixel decoder" in capsys.readouterr().out  # no reconstruction metrics for a latent predictor
     model, info = load_checkpoint(tmp_path / "cli" / "checkpoint.safetensors")
     assert info.method == "latent_mim" and float(model.progress) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- reference mode (the reference code's computation)
+def perturbed(model, seed: int = 0, scale: float = 0.05):
+    """``model`` with every parameter moved off its initialisation (LayerNorms and tokens included)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=seeded(seed)) * scale)
+    return model
+
+
+def test_reference_mode_adds_a_trained_cls_query_and_per_layer_context_norms_and_the_default_has_neither(images, mask):
+    model = make(reference=True)
+    assert model.decoder_cls_token.shape == (1, 1, 64) and len(model.context_norms) == 3
+    assert not hasattr(model, "context_norm") and float(model.mask_token.detach().abs().max()) == 0  # zero, as the reference
+    model(images, mask=mask).loss.backward()
+    assert float(model.decoder_cls_token.grad.abs().max()) > 0  # the CLS query is trained
+    with torch.no_grad():  # and the hidden queries attend to it
+        encoded = model.forward_encoder(images, mask)[0]
+        before = model.forward_latent_decoder(encoded, hidden_ids(mask, 16))
+        model.decoder_cls_token.add_(1.0)
+        assert not torch.allclose(model.forward_latent_decoder(encoded, hidden_ids(mask, 16)), before)
+    default = make()
+    assert default.cfg.reference is False and default.decoder_cls_token is None
+    names = set(default.state_dict())
+    assert not any("decoder_cls_token" in n or "context_norms" in n for n in names) and "context_norm.weight" in names
+    assert make(reference=False).state_dict().keys() == names
+
+
+def test_reference_positions_are_i_g_over_g_minus_1_in_every_encoder_and_the_decoder():
+    def expected(dim: int) -> torch.Tensor:  # grid 8: patch k at row k // 8, column k % 8, both times 8 / 7
+        k = torch.arange(L, dtype=torch.float64)
+        omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+        code = lambda pos: torch.cat([(pos[:, None] * omega).sin(), (pos[:, None] * omega).cos()], 1)  # noqa: E731
+        return torch.cat([torch.zeros(1, dim), torch.cat([code(k % 8 * 8 / 7), code(k // 8 * 8 / 7)], 1).float()])
+
+    model = make(reference=True)
+    for pos, dim in ((model.encoder.pos_embed, D), (model.target_encoder.pos_embed, D), (model.decoder_pos_embed, 64)):
+        torch.testing.assert_close(pos[0], expected(dim), atol=1e-6, rtol=0)
+    assert float(grid_pos_embed(D, (8, 8), scaled=True)[1 + 7, D // 2 - D // 4]) == pytest.approx(math.cos(8.0))
+    default = make()  # the backbone's integer positions
+    for pos, dim in ((default.encoder.pos_embed, D), (default.target_encoder.pos_embed, D),
+                     (default.decoder_pos_embed, 64)):
+        assert torch.equal(pos[0], sincos_pos_embed(dim, (8, 8)))
+    assert "encoder.pos_embed" not in model.state_dict()  # rebuilt from the config, never saved
+
+
+def test_reference_mode_implies_the_reference_head_with_layernorm_eps_1e_5():
+    model = make(reference=True)
+    assert (model.cfg.projector_depth, model.cfg.target_projector) == (3, True)
+    for projector in (model.projector, model.target_projector):
+        norms = [m for m in projector if isinstance(m, torch.nn.LayerNorm)]
+        assert len(norms) == 3 and all(m.eps == 1e-5 for m in norms)
+    assert make(reference=True, projector_depth=2, projector_dim=96).cfg.projector_depth == 2  # an explicit head stays
+    ours = make(**REFERENCE_HEAD)
+    assert all(m.eps == 1e-6 for m in ours.projector if isinstance(m, torch.nn.LayerNorm))
+
+
+def test_reference_visual_cue_is_a_softmax_of_position_embedding_products():
+    pos = grid_pos_embed(64, (8, 8), scaled=True)[1:]
+    mask = random_mask(2, L, 0.75, generator=seeded(8))
+    ids_keep, _ = ids_from_mask(mask)
+    ids_hidden = hidden_ids(mask, ids_keep.shape[1])
+    weights = reference_cue_weights(pos[ids_hidden], pos[ids_keep])  # (2, 48, 16)
+    assert weights.shape == (2, 48, 16) and bool((weights > 0).all())
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 48))
+    products = pos[ids_hidden] @ pos[ids_keep].transpose(1, 2) / 8.0  # sqrt(64)
+    torch.testing.assert_close(weights, torch.softmax(products, dim=-1))
+
+
+def test_reference_decoder_is_cls_query_plus_cued_mask_tokens_through_per_layer_context_norms(images, mask):
+    model = perturbed(make(reference=True)).eval()
+    ids_hidden = hidden_ids(mask, 16)
+    with torch.no_grad():
+        encoded = model.forward_encoder(images, mask)[0]
+        pe, x = model.decoder_pos_embed[0], model.decoder_embed(encoded.tokens)  # (1 + L, 64), (B, 17, 64)
+        pe_v, pe_h = pe[1:][encoded.ids_keep], pe[1:][ids_hidden]
+        cue = torch.softmax(pe_h @ pe_v.transpose(1, 2) / 8.0, dim=-1) @ x[:, 1:]  # latents without positions
+        zero = torch.zeros(B, 1, 64)
+        q = torch.cat([model.decoder_cls_token.expand(B, -1, -1), model.mask_token + cue], 1)
+        q = q + torch.cat([zero, pe_h], 1)
+        kv = x + torch.cat([zero, pe_v], 1)
+        for block, norm in zip(model.decoder_blocks, model.context_norms):
+            q = q + block.attn(block.norm1(q))
+            q = q + block.cross(block.norm_cross(q), norm(kv))[0]
+            q = q + block.mlp(block.norm2(q))
+        expected = model.decoder_pred(model.decoder_norm(q))[:, 1:]  # the CLS query's output is dropped
+        torch.testing.assert_close(model.forward_latent_decoder(encoded, ids_hidden), expected)
+
+
+def test_reference_standardization_divides_by_the_unbiased_std_plus_1e_4():
+    x = torch.randn(3, 20, 8, generator=seeded(4)) * 5 + 2
+    expected = (x - x.mean(1, keepdim=True)) / (x.std(1, unbiased=True, keepdim=True) + 1e-4)
+    torch.testing.assert_close(standardize_tokens(x, reference=True), expected)
+    small, target = x * 1e-3, torch.randn(3, 20, 8, generator=seeded(5))  # where the two eps differ
+    ours, theirs = patch_info_nce(small, target, 0.2)[0], patch_info_nce(small, target, 0.2, reference=True)[0]
+    assert abs(float(ours - theirs)) > 1e-5
+
+
+def test_reference_similarity_regularizer_reads_predictions_and_projected_tokens_self_pairs_included(images, mask):
+    x = torch.randn(3, 7, 5, generator=seeded(5))
+    u = torch.nn.functional.normalize(x, dim=-1)
+    torch.testing.assert_close(mean_cosine_with_self(x), (u @ u.transpose(1, 2)).mean())
+    model = make(reference=True, sim_reg_weight=2.0)
+    out = model(images, mask=mask)
+    with torch.no_grad():
+        encoded = model.forward_encoder(images, mask)[0]
+        pred = model.forward_latent_decoder(encoded, hidden_ids(mask, 16))
+        expected = sum((mean_cosine_with_self(t) - 0.75) ** 2 for t in (pred, encoded.tokens[:, 1:]))
+    assert float(out.losses["sim_reg"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(out.losses["infonce"] + 2.0 * expected), rel=1e-5)
+
+
+def test_reference_checkpoint_round_trips_and_configs_saved_before_the_switch_load_in_default_mode(tmp_path, images,
+                                                                                                    mask):
+    from mcm_core.models.registry import build_from_dict, config_to_dict
+
+    model = perturbed(make(reference=True)).eval()
+    loaded, info = load_checkpoint(save_checkpoint(tmp_path / "ref.safetensors", model))
+    assert info.config["reference"] is True and loaded.decoder_cls_token is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, mask=mask).loss, model(images, mask=mask).loss)
+    old = config_to_dict(make())
+    del old["config"]["reference"]  # a checkpoint written before the switch existed
+    assert build_from_dict(old).cfg.reference is False
+
+
+def test_reference_mode_matches_the_official_code_when_its_path_is_given(benchmark_script):
+    """Local check only: ``LATENT_MIM_OFFICIAL=/path/to/LatentMIM`` (a copy of the public reference code)."""
+    path = os.environ.get("LATENT_MIM_OFFICIAL")
+    if not path or not (Path(path) / "models_lmim.py").is_file():
+        pytest.skip("set LATENT_MIM_OFFICIAL to a local copy of github.com/yibingwei-1/LatentMIM")
+    check = benchmark_script("latent_mim_reference_check")
+    module = check.load_official(path)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        row = check.compare(module, "tiny", dtype)
+        assert row["loss_diff"] < tol and row["grad_diff"] < tol and row["ema_diff"] < tol, row
+    assert check.compare(module, "tiny", torch.float32, sim_coeff=0.5)["loss_diff"] < 1e-5

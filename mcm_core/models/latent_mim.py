@@ -47,6 +47,17 @@ Our choices (METHODS.md leaves them open; each is a switch):
   read from plain images.
 - ``loss="mse"`` regresses the raw target latents with the raw predictions (no
   standardization, no normalization): the naive latent regression the paper warns about.
+
+Reference mode (``reference=True``, off by default) computes what the reference code computes,
+checked end to end against it (``benchmarks/latent_mim_reference_check.py``; the differences are
+in docs/design.md): position embeddings at positions ``i * g / (g - 1)`` in every encoder and the
+decoder; a learned CLS query among the decoder's queries (dropped from the output); a context
+LayerNorm in every decoder layer; the visual cue's weights a softmax of position-embedding products
+``pe_hidden . pe_visible / sqrt(D_dec)``, averaging the visible latents without their positions;
+projector LayerNorms with eps 1e-5; predictions standardized as ``(x - mean) / (std + 1e-4)`` (unbiased
+std); the similarity regularizer on the predictions and the projected visible tokens (self-pairs
+included); the mask token starts at zero. It implies the reference head (``target_projector=True``,
+3 layers).
 """
 from __future__ import annotations
 
@@ -103,6 +114,12 @@ class LatentMIMConfig(BackboneConfig):
         target_projector: the target encoder's tokens also go through a projector (an EMA copy of the
             online one with ``target="ema"``), as in the reference code; off by default (the targets
             are the target encoder's own tokens).
+        reference: compute what the reference code computes (see the module docstring): scaled
+            positions, a learned decoder CLS query, per-layer context norms, the position-softmax
+            visual cue, projector eps 1e-5, its standardization and regularizer. Off by default (our
+            choices). Sets ``target_projector=True`` and, where the projector is left at timm's
+            ``Mlp`` (depth 2, width 0), ``projector_depth=3``; its width stays ``projector_dim`` (the
+            reference code's 4096 at ViT-B: pass ``projector_dim=4096``, and ``decoder_depth=3``).
     """
 
     mask_ratio: float = 0.75
@@ -122,9 +139,16 @@ class LatentMIMConfig(BackboneConfig):
     projector_depth: int = 2
     projector_dim: int = 0
     target_projector: bool = False
+    reference: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.reference, bool):
+            raise ValueError(f"reference must be True or False, got {self.reference!r}")
+        if self.reference:  # the reference code's head: 3 layers, on the (EMA) targets too
+            self.target_projector = True
+            if (self.projector_depth, self.projector_dim) == (2, 0):
+                self.projector_depth = 3
         for name, value, choices in (("target", self.target, TARGETS), ("loss", self.loss, LOSSES),
                                      ("decoder", self.decoder, DECODERS)):
             if value not in choices:
@@ -170,14 +194,25 @@ def similarity_target(progress: torch.Tensor, start: float, end: float) -> torch
 
 
 # ---------------------------------------------------------------------- loss and monitors
-def standardize_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Zero mean, unit variance per channel over each image's tokens: (B, N, D) -> (B, N, D)."""
-    mean, var = x.mean(dim=1, keepdim=True), x.var(dim=1, unbiased=False, keepdim=True)
-    return (x - mean) / (var + eps).sqrt()
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it already is (the reference check runs in float64)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
-def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
-                   standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def standardize_tokens(x: torch.Tensor, eps: float = 1e-6, reference: bool = False) -> torch.Tensor:
+    """Zero mean, unit variance per channel over each image's tokens: (B, N, D) -> (B, N, D).
+
+    ``(x - mean) / sqrt(var + eps)`` with the biased variance; ``reference=True``: the reference
+    code's ``(x - mean) / (std + 1e-4)`` with the unbiased std (``eps`` unused).
+    """
+    mean = x.mean(dim=1, keepdim=True)
+    if reference:
+        return (x - mean) / (x.std(dim=1, keepdim=True) + 1e-4)
+    return (x - mean) / (x.var(dim=1, unbiased=False, keepdim=True) + eps).sqrt()
+
+
+def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float, standardize: bool = True,
+                   reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch-level InfoNCE within each image, scaled by ``2 * tau``.
 
     Row ``i`` of ``pred`` must pick row ``i`` of ``target`` among the ``N`` targets of the same
@@ -185,15 +220,17 @@ def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
 
     Args:
         pred, target: (B, N, D), N >= 2 hidden patches per image.
+        reference: standardize as the reference code does (see ``standardize_tokens``).
     Returns:
-        The loss (float32 scalar; exactly ``2 * tau * ln N`` when all targets of an image are
-        equal) and the detached fraction of predictions whose most similar target is their own.
+        The loss (float32 scalar, float64 for float64 inputs; exactly ``2 * tau * ln N`` when all
+        targets of an image are equal) and the detached fraction of predictions whose most similar
+        target is their own.
     """
     # Why: float32 with autocast off, so bf16 rounding does not blur logits scaled by 1 / tau.
     with torch.autocast(pred.device.type, enabled=False):
-        pred, target = pred.float(), target.float()
+        pred, target = at_least_float32(pred), at_least_float32(target)
         if standardize:
-            pred = standardize_tokens(pred)
+            pred = standardize_tokens(pred, reference=reference)
         logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).transpose(1, 2) / tau  # (B, N, N)
         labels = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)  # (B, N)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten()) * 2 * tau
@@ -204,7 +241,7 @@ def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
 def latent_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of raw latents: (B, N, D) x 2 -> float32 scalar."""
     with torch.autocast(pred.device.type, enabled=False):
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(at_least_float32(pred), at_least_float32(target))
 
 
 def mean_pairwise_cosine(tokens: torch.Tensor) -> torch.Tensor:
@@ -215,6 +252,16 @@ def mean_pairwise_cosine(tokens: torch.Tensor) -> torch.Tensor:
     n = tokens.shape[1]
     u = F.normalize(tokens.float(), dim=-1)
     return ((u.sum(dim=1).pow(2).sum(dim=-1) - n) / (n * (n - 1))).mean()
+
+
+def mean_cosine_with_self(tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over all ordered pairs of each image's tokens, self-pairs included: (B, N, D) -> scalar.
+
+    The reference code's regularizer statistic: ``|sum_i u_i|^2 / N^2`` for unit vectors ``u``
+    (``1 / N`` for orthogonal tokens, 1 for parallel ones), averaged over images.
+    """
+    u = F.normalize(at_least_float32(tokens), dim=-1)
+    return (u.sum(dim=1).pow(2).sum(dim=-1) / tokens.shape[1] ** 2).mean()
 
 
 def effective_rank(tokens: torch.Tensor) -> torch.Tensor:
@@ -313,12 +360,51 @@ def visual_cue(context: torch.Tensor, ids_keep: torch.Tensor, ids_hidden: torch.
     return weights @ context
 
 
+def reference_cue_weights(pos_hidden: torch.Tensor, pos_visible: torch.Tensor) -> torch.Tensor:
+    """The reference code's visual-cue weights: ``softmax(pe_h . pe_v / sqrt(D))`` over the visible patches.
+
+    Args:
+        pos_hidden: (B, N_h, D) position embeddings of the hidden patches; pos_visible: (B, N_v, D).
+    Returns:
+        (B, N_h, N_v) weights, each row summing to 1 (float32, or float64 for float64 inputs).
+    """
+    with torch.autocast(pos_hidden.device.type, enabled=False):
+        q, k = at_least_float32(pos_hidden), at_least_float32(pos_visible)
+        return torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
+
+
+def grid_pos_embed(dim: int, grid: tuple[int, int], scaled: bool = False) -> torch.Tensor:
+    """2-D sin-cos position embeddings with a zero CLS row, (1 + L, dim): columns in the first half, rows in the second.
+
+    ``scaled=False`` gives the backbone's (integer positions ``0 .. g - 1``, MAE's convention);
+    ``scaled=True`` the reference code's: the ``g`` positions spread evenly over ``[0, g]``, that is
+    ``i * g / (g - 1)`` (computed here in float64, then rounded to float32).
+    """
+    if not scaled:
+        return sincos_pos_embed(dim, grid)
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need dim divisible by 4, got {dim}")
+    if min(grid) < 2:
+        raise ValueError(f"scaled positions i * g / (g - 1) need a grid of at least 2 x 2 patches, got {grid}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def encode(index: torch.Tensor, g: int) -> torch.Tensor:  # (L,) patch row or column -> (L, dim / 2)
+        angles = (index * g / (g - 1))[:, None] * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
+                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+    emb = torch.cat([encode(cols.flatten(), grid[1]), encode(rows.flatten(), grid[0])], dim=1).float()
+    return torch.cat([torch.zeros(1, dim), emb], dim=0)
+
+
 def build_projector(cfg: LatentMIMConfig) -> nn.Module:
     """The projector MLP, (..., D) -> (..., D).
 
     ``projector_depth=2, projector_dim=0`` (the default): timm's ``Mlp`` (D -> mlp_ratio x D -> D,
     GELU). Otherwise ``projector_depth`` bias-free linear layers of width ``projector_dim`` (0:
-    mlp_ratio x D), each followed by a LayerNorm, GELU between them: the reference code's head.
+    mlp_ratio x D), each followed by a LayerNorm (eps 1e-6; 1e-5, torch's default, with
+    ``reference``), GELU between them: the reference code's head.
     """
     d = cfg.embed_dim
     hidden = cfg.projector_dim or int(d * cfg.mlp_ratio)
@@ -327,7 +413,7 @@ def build_projector(cfg: LatentMIMConfig) -> nn.Module:
     layers: list[nn.Module] = []
     for i in range(cfg.projector_depth):
         d_in, d_out = (d if i == 0 else hidden), (d if i == cfg.projector_depth - 1 else hidden)
-        layers += [nn.Linear(d_in, d_out, bias=False), nn.LayerNorm(d_out, eps=1e-6)]
+        layers += [nn.Linear(d_in, d_out, bias=False), nn.LayerNorm(d_out, eps=1e-5 if cfg.reference else 1e-6)]
         if i < cfg.projector_depth - 1:
             layers.append(nn.GELU())
     return nn.Sequential(*layers)
@@ -351,14 +437,24 @@ class LatentMIM(nn.Module):
         self.cfg = cfg
         d, d_dec = cfg.embed_dim, cfg.decoder_embed_dim
         self.encoder = ViTEncoder(cfg)
+        if cfg.reference:  # the buffer is not saved: it is rebuilt from the config
+            self.encoder.pos_embed = grid_pos_embed(d, cfg.grid, scaled=True)[None]
         self.projector = build_projector(cfg)
         # The target encoder exists only with an EMA; "online" / "stopgrad" reuse self.encoder.
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if cfg.target == "ema" else None
         self.decoder_embed = nn.Linear(d, d_dec)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d_dec))
-        self.register_buffer("decoder_pos_embed", sincos_pos_embed(d_dec, cfg.grid)[None], persistent=False)
+        self.register_buffer("decoder_pos_embed", grid_pos_embed(d_dec, cfg.grid, scaled=cfg.reference)[None],
+                             persistent=False)
+        # Reference mode only (a default model and its checkpoints have neither): the decoder's learned
+        # CLS query, and one context LayerNorm per decoder layer instead of one for all.
+        self.decoder_cls_token = None
         if cfg.decoder == "cross":  # the layer MCM's decoder uses: self-attention, cross-attention, MLP
-            self.context_norm = nn.LayerNorm(d_dec, eps=1e-6)
+            if cfg.reference:
+                self.decoder_cls_token = nn.Parameter(torch.zeros(1, 1, d_dec))
+                self.context_norms = nn.ModuleList(nn.LayerNorm(d_dec, eps=1e-6) for _ in range(cfg.decoder_depth))
+            else:
+                self.context_norm = nn.LayerNorm(d_dec, eps=1e-6)
             self.decoder_blocks = nn.ModuleList(ConceptDecoderBlock(d_dec, cfg.decoder_num_heads, cfg.mlp_ratio)
                                                 for _ in range(cfg.decoder_depth))
         else:
@@ -369,7 +465,10 @@ class LatentMIM(nn.Module):
         self.register_buffer("progress", torch.zeros(()))
         for module in (self.projector, self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_weights)  # MAE's initialisation; the encoder has its own
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.decoder_cls_token is not None:
+            nn.init.normal_(self.decoder_cls_token, std=0.02)
+        if not cfg.reference:  # the reference code's mask token starts at zero
+            nn.init.normal_(self.mask_token, std=0.02)
         # The target's projector (reference code): an EMA copy of the initialised online one, or the online one.
         self.target_projector = (copy.deepcopy(self.projector).requires_grad_(False)
                                  if cfg.target_projector and cfg.target == "ema" else None)
@@ -443,13 +542,15 @@ class LatentMIM(nn.Module):
                 tokens = projector(tokens)
             return tokens[:, 1:]
 
+    def decoder_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Decoder position embeddings of patches ``ids`` (B, N) -> (B, N, D_dec)."""
+        return gather_tokens(self.decoder_pos_embed[:, 1:].expand(ids.shape[0], -1, -1), ids)
+
     def decoder_context(self, encoded: EncoderOutput) -> torch.Tensor:
         """Visible latents at decoder width with their positions: (B, 1 + N_vis, D_dec) (CLS first)."""
         x = self.decoder_embed(encoded.tokens)
-        pos = torch.cat([self.decoder_pos_embed[:, :1].expand(x.shape[0], -1, -1),
-                         gather_tokens(self.decoder_pos_embed[:, 1:].expand(x.shape[0], -1, -1), encoded.ids_keep)],
-                        dim=1)
-        return x + pos
+        cls_pos = self.decoder_pos_embed[:, :1].expand(x.shape[0], -1, -1)  # zeros
+        return x + torch.cat([cls_pos, self.decoder_positions(encoded.ids_keep)], dim=1)
 
     def forward_latent_decoder(self, encoded: EncoderOutput, ids_hidden: torch.Tensor) -> torch.Tensor:
         """Predict the target latent of every hidden patch: -> (B, N_h, D)."""
@@ -459,9 +560,10 @@ class LatentMIM(nn.Module):
             for block in self.decoder_blocks:
                 x = block(x)
             return self.decoder_pred(self.decoder_norm(gather_tokens(x[:, 1:], ids_hidden)))
+        if self.cfg.reference:
+            return self.reference_latent_decoder(encoded, ids_hidden)
         context = self.decoder_context(encoded)  # (B, 1 + N_vis, D_dec)
-        b = context.shape[0]
-        queries = self.mask_token + gather_tokens(self.decoder_pos_embed[:, 1:].expand(b, -1, -1), ids_hidden)
+        queries = self.mask_token + self.decoder_positions(ids_hidden)
         if self.cfg.visual_cue:
             queries = queries + visual_cue(context[:, 1:], encoded.ids_keep, ids_hidden, self.cfg.grid,
                                            self.cfg.cue_sigma)
@@ -470,24 +572,52 @@ class LatentMIM(nn.Module):
             queries = block(queries, context)[0]
         return self.decoder_pred(self.decoder_norm(queries))
 
-    def forward_loss(self, pred: torch.Tensor, target: torch.Tensor,
-                     visible: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def reference_latent_decoder(self, encoded: EncoderOutput, ids_hidden: torch.Tensor) -> torch.Tensor:
+        """The reference code's cross decoder (``reference=True``): -> (B, N_h, D).
+
+        Queries: a learned CLS query, then at each hidden patch the mask token plus the visual cue
+        (``reference_cue_weights`` over the visible latents at decoder width, without positions),
+        plus its position. Every layer normalizes the context with its own LayerNorm.
+        """
+        x = self.decoder_embed(encoded.tokens)  # (B, 1 + N_vis, D_dec)
+        b = x.shape[0]
+        pos_visible, pos_hidden = self.decoder_positions(encoded.ids_keep), self.decoder_positions(ids_hidden)
+        queries = self.mask_token.expand(b, ids_hidden.shape[1], -1)
+        if self.cfg.visual_cue:
+            queries = queries + (reference_cue_weights(pos_hidden, pos_visible).to(x.dtype) @ x[:, 1:])
+        cls = self.decoder_cls_token + self.decoder_pos_embed[:, :1]  # the CLS position is zeros
+        queries = torch.cat([cls.expand(b, -1, -1), queries + pos_hidden], dim=1)  # (B, 1 + N_h, D_dec)
+        context = x + torch.cat([self.decoder_pos_embed[:, :1].expand(b, -1, -1), pos_visible], dim=1)
+        for block, norm in zip(self.decoder_blocks, self.context_norms):
+            queries = block(queries, norm(context))[0]
+        return self.decoder_pred(self.decoder_norm(queries[:, 1:]))
+
+    def forward_loss(self, pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor,
+                     projected: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss and its named terms.
 
         Args:
             pred, target: (B, N_h, D); visible: (B, N_vis, D) online tokens (for the regularizer).
+            projected: (B, N_vis, D) the projector's visible tokens; the regularizer reads them (and
+                ``pred``) in reference mode, where they are required when ``sim_reg_weight > 0``.
         """
-        if self.cfg.loss == "infonce":
-            loss, accuracy = patch_info_nce(pred, target, self.cfg.tau, self.cfg.standardize)
+        cfg = self.cfg
+        if cfg.loss == "infonce":
+            loss, accuracy = patch_info_nce(pred, target, cfg.tau, cfg.standardize, reference=cfg.reference)
             terms = {"infonce": loss.detach(), "patch_acc": accuracy}
         else:
             loss = latent_mse(pred, target)
             terms = {"mse": loss.detach()}
-        if self.cfg.sim_reg_weight > 0 and visible.shape[1] > 1:
-            goal = similarity_target(self.progress, self.cfg.sim_reg_start, self.cfg.sim_reg_end)
+        if cfg.sim_reg_weight > 0 and (cfg.reference or visible.shape[1] > 1):
+            goal = similarity_target(self.progress, cfg.sim_reg_start, cfg.sim_reg_end)
             with torch.autocast(visible.device.type, enabled=False):
-                reg = (mean_pairwise_cosine(visible) - goal).pow(2)
-            loss = loss + self.cfg.sim_reg_weight * reg
+                if cfg.reference:  # the reference code: predictions and projected visible tokens, self-pairs in
+                    if projected is None:
+                        raise ValueError("reference mode's similarity regularizer needs the projected visible tokens")
+                    reg = (mean_cosine_with_self(pred) - goal).pow(2) + (mean_cosine_with_self(projected) - goal).pow(2)
+                else:
+                    reg = (mean_pairwise_cosine(visible) - goal).pow(2)
+            loss = loss + cfg.sim_reg_weight * reg
             terms["sim_reg"] = reg.detach()
         return loss, terms
 
@@ -515,7 +645,7 @@ class LatentMIM(nn.Module):
         ids_hidden = hidden_ids(mask, encoded.ids_keep.shape[1])
         target = self.forward_target(images, ids_hidden)
         pred = self.forward_latent_decoder(encoded, ids_hidden)
-        loss, terms = self.forward_loss(pred, target, visible)
+        loss, terms = self.forward_loss(pred, target, visible, encoded.tokens[:, 1:])
         terms.update(collapse_monitors(target, pred, visible, ids_hidden, self.cfg.num_patches))
         if self.target_encoder is not None:
             terms["momentum"] = self.scheduled_momentum()
@@ -537,5 +667,5 @@ class LatentMIM(nn.Module):
 __all__ = [
     "LatentMIMConfig", "LatentMIM", "patch_info_nce", "latent_mse", "standardize_tokens", "mean_pairwise_cosine",
     "effective_rank", "position_share", "collapse_monitors", "ema_momentum", "similarity_target", "gap_patches",
-    "visual_cue", "hidden_ids",
+    "visual_cue", "hidden_ids", "mean_cosine_with_self", "reference_cue_weights", "grid_pos_embed",
 ]

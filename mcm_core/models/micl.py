@@ -98,9 +98,11 @@ class MiCLConfig(BackboneConfig):
 
     Args:
         mask_ratio: fraction of patches hidden from both views; the ``1 - mask_ratio`` kept are
-            split into two views of half that each. The paper hides 0.9 at 196 patches (9 per
-            view); with the tiny preset's 64 patches, keeping 25-50% (8-16 per view) works
-            (METHODS.md section 3). At least 2 patches must survive.
+            split into two views of half that each. The paper hides 0.9 at 196 patches: we hide
+            ``round(196 x 0.9) = 176`` and keep 20, 10 per view (the reference code keeps
+            ``int(196 x 0.1) = 19``, 9 per view; docs/design.md, "Visible-patch count convention").
+            With the tiny preset's 64 patches, keeping 25-50% (8-16 per view) works (METHODS.md
+            section 3). At least 2 patches must survive.
         kappa: tail parameter of the similarity (paper: 1/64).
         tau: temperature of the similarity (paper: 0.07).
     """
