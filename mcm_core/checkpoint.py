@@ -12,6 +12,7 @@ and the metadata, stored in the metadata, catches a file damaged after it was wr
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -28,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mcm_core.models.registry import build_from_dict, config_to_dict
+from mcm_core.runs import CHECKPOINT_NAME  # the checkpoint's name inside a run folder
 
 FORMAT = "mcm_core.checkpoint/1"
 CHECKSUM_KEY = "checksum"
@@ -79,6 +81,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # what open() gives a new file (some writers create 0o600)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -86,10 +89,32 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         if isinstance(error, (OSError, SafetensorError)):  # safetensors reports its I/O errors as its own type
-            reason = getattr(error, "strerror", None) or error
-            raise CheckpointError(f"could not write {path}: {reason}; free disk space, raise the file-size limit "
-                                  "or choose another folder (any previous file there is intact)") from error
+            raise CheckpointError(write_error_message(path, error)) from error
         raise
+
+
+def write_error_message(path: Path, error: BaseException) -> str:
+    """What went wrong writing ``path`` and the fix that matches the cause (permissions, disk, size limit)."""
+    code = getattr(error, "errno", None)
+    reason = getattr(error, "strerror", None) or error
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (f"you cannot write into {path.parent} (permissions or a read-only file system): choose a folder "
+               "you can write to (out_dir=... / --out-dir) or fix its permissions")
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "the disk (or your quota) is full: free space or choose a folder on another disk"
+    elif code == errno.EFBIG:
+        fix = "the file is larger than the file-size limit (ulimit -f): raise the limit or choose another folder"
+    else:
+        fix = ("check that the folder exists and can be written, that the disk has space, or choose another "
+               "folder")
+    return f"could not write {path}: {reason}; {fix} (any previous file there is intact)"
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sync_folder(folder: Path) -> None:
@@ -181,16 +206,24 @@ def read_raw_metadata(path: Path) -> dict[str, str]:
     return raw
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or a run folder's checkpoint (``<folder>/checkpoint.safetensors``)."""
+    path = Path(path).expanduser()
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     with_training_state: bool = False) -> tuple[nn.Module, CheckpointInfo]:
     """Rebuild the model saved at ``path``.
 
+    Args:
+        path: a checkpoint file, or a run folder (its ``checkpoint.safetensors``).
     Returns:
         ``(model, info)``: the model in eval mode on ``device``, and a ``CheckpointInfo`` with the
         method, its config, the training state and versions (``info.tensors`` holds the extra
         tensors when ``with_training_state``).
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     raw = read_raw_metadata(path)
     meta = {key: json.loads(value) for key, value in raw.items()}
     try:

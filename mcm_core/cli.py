@@ -1,17 +1,23 @@
-"""Command line: ``mcm train|eval|edit`` (also ``python -m mcm_core ...``).
+"""Command line: ``mcm train|eval|edit|export`` (also ``python -m mcm_core ...``).
 
 ``train``
     One ``--<field>`` flag per :class:`~mcm_core.config.TrainConfig` field, generated from the
     dataclass (help texts from its metadata), on top of an optional ``--config`` YAML file;
     ``--set key=value`` (repeatable, ``model.depth=4`` style) is applied last. Values are typed
     and validated by :func:`~mcm_core.config.load_config`. After training, the model is
-    evaluated on the validation split and ``metrics.json`` is written into ``out_dir``.
+    evaluated on the validation split and ``metrics.json`` is written into ``out_dir``. A folder
+    that holds a run is never trained over unless ``--resume``, ``--extend N`` or ``--overwrite``
+    says what to do with it (:mod:`mcm_core.runs`); SIGINT / SIGTERM save a checkpoint at the
+    current step; ``--nproc-per-node N`` starts torchrun itself (:mod:`mcm_core.launch`).
 ``eval``
     Metrics of a checkpoint on the data it was trained on (or another data set): concept
     metrics for MCM, reconstruction MSE/PSNR, optionally kNN / linear-probe accuracy and
     MCM's edit success rate; printed and written as JSON.
 ``edit``
     A PNG grid: input, masked input, reconstruction, reconstruction with one concept forced.
+    ``eval`` and ``edit`` take the data options of ``train`` (``--dataset``, ``--data``).
+``export``
+    The encoder as timm weights, and the ``timm.create_model`` call that loads them.
 
 Mistakes in the input (unknown keys, wrong types, missing files, bad checkpoints) end with
 a one-line message on stderr and exit code 2, not a traceback; set ``MCM_DEBUG=1`` to get
@@ -20,6 +26,7 @@ the traceback. Torch is imported only when a command runs, so ``--help`` is inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,11 +35,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from mcm_core.config import TrainConfig, field_types, load_config, parse_overrides, parse_value, type_name
 
-METRICS_NAME = "metrics.json"
+from mcm_core.runs import METRICS_NAME
 EVAL_BATCH = 256
 DICT_EXAMPLES = {"model": "'{depth: 4}'", "data": "'{size: 512}'"}
 
@@ -49,8 +56,10 @@ examples:
   mcm train --method mae --mask-ratio 0.75 --steps 2000 --out-dir runs/mae
   mcm train --config run.yaml --batch-size 64 --set model.depth=4 --no-progress
   mcm train --config run.yaml --resume            # continue from out_dir/checkpoint.safetensors
+  mcm train --out-dir runs/mae --extend 1000      # train a finished run 1,000 steps further
+  mcm train --out-dir runs/mae --overwrite        # delete the run in out_dir and start afresh
   mcm train --steps 3 --batch-size 8 --set data.size=64 --dry-run   # print the resolved config
-  torchrun --nproc_per_node=2 -m mcm_core train --out-dir runs/ddp   # DDP: NCCL on GPUs, gloo on CPUs"""
+  mcm train --nproc-per-node 2 --out-dir runs/ddp   # DDP (torchrun): NCCL on GPUs, gloo on CPUs"""
 
 
 class UsageError(ValueError):
@@ -111,11 +120,21 @@ def add_train(sub: Any) -> None:
                      help="continue a run: from PATH (a checkpoint or a run folder), or without a value "
                           "from out_dir's checkpoint if there is one (else start fresh); without --config the "
                           "run's own config.yaml is the base, so the flags given are the only changes")
+    run.add_argument("--overwrite", action="store_true",
+                     help="out_dir holds a run: delete its checkpoint, history and metrics and start afresh "
+                          "(without --resume, --overwrite or --extend, training into a run's folder is refused)")
+    run.add_argument("--extend", type=int, default=None, metavar="N",
+                     help="train a run N steps beyond its total: resumes out_dir's checkpoint (or --resume PATH's) "
+                          "with steps = its steps + N; the cosine schedule is stretched to the new total, so the "
+                          "learning rate rises again to where the longer schedule has it at the resumed step")
     run.add_argument("--allow-config-change", action="store_true",
                      help="with --resume: continue even though the flags change a training setting "
                           "(refused otherwise, listing every change)")
     run.add_argument("--until", type=int, default=None, metavar="N",
                      help="stop (and checkpoint) after step N of the full schedule; resume later with --resume")
+    run.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                     help="train with N processes on this machine (DDP): starts torchrun itself, and a failure "
+                          "ends with the workers' one-line message instead of torchrun's report")
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config as YAML and exit without training")
     add_config_flags(parser)
@@ -126,7 +145,11 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="checkpoint file (.safetensors) or a run folder holding checkpoint.safetensors")
     parser.add_argument("--dataset", default=None, metavar="NAME",
-                        help="data set to use (default: the one the model was trained on, with its options)")
+                        help="data set to use (default: the one the model was trained on, with its options): "
+                             "shapes, fashion_mnist, digits, celeba, folder")
+    parser.add_argument("--data", default=None, metavar="{KEY: VALUE}",
+                        help="options for load_dataset, as for train, e.g. '{root: ~/pictures}' with --dataset "
+                             "folder; merged over the training run's options when the data set is the same")
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto, cpu, cuda or cuda:N (default: auto)")
 
@@ -184,6 +207,23 @@ def add_edit(sub: Any) -> None:
     parser.set_defaults(handler=run_edit)
 
 
+def add_export(sub: Any) -> None:
+    parser = sub.add_parser(
+        "export", help="write a checkpoint's encoder as timm weights that timm.create_model loads",
+        description="Write the encoder of a checkpoint (any method) as a timm VisionTransformer state dict, and "
+                    "next to it (same name, .json) the timm.create_model(..., pretrained=True, "
+                    "pretrained_cfg_overlay=dict(file=FILE, ...)) call that loads it without a network, with the "
+                    "data config (input size, bilinear, mean 0, std 1) that timm's resolve_model_data_config and "
+                    "create_transform turn into the training input. The call is printed and checked.",
+        allow_abbrev=False)
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file (.safetensors) or a run folder holding checkpoint.safetensors")
+    parser.add_argument("--output", required=True, metavar="FILE.safetensors",
+                        help="weights file to write: .safetensors (or .pth / .pt for torch.save); the "
+                             "timm.create_model call goes to the same name with .json")
+    parser.set_defaults(handler=run_export)
+
+
 def build_parser(prog: str = "mcm") -> argparse.ArgumentParser:
     from mcm_core import __version__
 
@@ -196,6 +236,7 @@ def build_parser(prog: str = "mcm") -> argparse.ArgumentParser:
     add_train(sub)
     add_eval(sub)
     add_edit(sub)
+    add_export(sub)
     return parser
 
 
@@ -223,8 +264,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint path, or a run folder's ``checkpoint.safetensors``."""
-    path = Path(path)
-    return path / "checkpoint.safetensors" if path.is_dir() else path
+    from mcm_core.checkpoint import checkpoint_file as resolve
+
+    return resolve(path)
 
 
 def device_of(name: str):
@@ -234,6 +276,15 @@ def device_of(name: str):
         return resolve_device(name)
     except RuntimeError as error:  # no GPU for device=cuda: a usage problem, not a crash
         raise UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """Say on stderr what starts and how long it took, so a long evaluation is never silent."""
+    print(f"... {what}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"    done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def limit(dataset: Any, n: int) -> Any:
@@ -358,9 +409,9 @@ def summary_line(metrics: dict[str, Any]) -> str:
 # =========================================================================== train
 def resumed_config(args: argparse.Namespace) -> Path | None:
     """The run's own config.yaml when resuming without --config, so ``--resume`` alone continues that run."""
-    if args.resume is None or args.config is not None:
+    if (args.resume is None and args.extend is None) or args.config is not None:
         return None
-    if args.resume is True:
+    if args.resume is True or args.resume is None:  # --resume alone, or --extend
         folder = Path(args.out_dir or TrainConfig.__dataclass_fields__["out_dir"].default)
     else:
         folder = checkpoint_file(args.resume).parent
@@ -457,29 +508,44 @@ def run_train(args: argparse.Namespace) -> int:
     import yaml
 
     cfg = train_config(args)
+    if args.until is not None and args.until < 1:
+        raise UsageError(f"--until must be at least 1, got {args.until}")
+    if args.extend is not None:
+        cfg = extended_config(args, cfg)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    if args.until is not None and args.until < 1:
-        raise UsageError(f"--until must be at least 1, got {args.until}")
     from mcm_core.distributed import is_main_process
+    from mcm_core.runs import check_run_folder, read_run, remove_run
     from mcm_core.train import CHECKPOINT_NAME, fit
 
     device = device_of(cfg.device)
     main_process = is_main_process()  # under torchrun, rank 0 alone prints, evaluates and writes metrics
     say = print if main_process else (lambda *_, **__: None)
-    resume = args.resume
+    resume = True if args.extend is not None and args.resume is None else args.resume
     out_dir = Path(cfg.out_dir)
+    if main_process:  # one process reads and deletes, so the others never race it
+        state = check_run_folder(out_dir, resume=resume is not None, overwrite=args.overwrite)
+        if args.overwrite and state is not None:
+            removed = remove_run(out_dir)
+            say(f"--overwrite: deleted {state.describe().split(' holds ', 1)[1]} ({len(removed)} files in {out_dir})")
     if resume is True:
         found = (out_dir / CHECKPOINT_NAME).exists()
         say(f"resuming from {out_dir / CHECKPOINT_NAME}" if found
             else f"no checkpoint in {out_dir} yet; starting a fresh run")
+        resume = out_dir / CHECKPOINT_NAME if found else None
     elif resume is not None:
         resume = checkpoint_file(resume)
         if not resume.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {resume} not found; pass a checkpoint file or run "
                                     "folder, or --resume alone for out_dir's checkpoint")
         say(f"resuming from {resume}")
+    if resume is not None and main_process:
+        done = read_run(Path(resume).parent)
+        if done is not None and done.step is not None and done.step >= cfg.steps:
+            say(f"{done.describe()}: nothing to train; its evaluation is in {Path(resume).parent / METRICS_NAME}. "
+                "To train it further, pass --extend N (N more steps)")
+            return 0
     say(f"training {cfg.method} ({cfg.preset}) on {cfg.dataset} for {cfg.steps} steps "
         f"(batch {cfg.batch_size}, {cfg.masking} masking r={cfg.mask_ratio}) on {device} -> {out_dir}", flush=True)
     evaluator = RunEvaluator(cfg)
@@ -504,6 +570,26 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def extended_config(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``steps`` = the resumed run's total + ``--extend``; refuses other changes unless allowed."""
+    from mcm_core.checkpoint import read_metadata
+    from mcm_core.config import config_changes
+
+    if args.extend < 1:
+        raise UsageError(f"--extend must be at least 1 (the number of steps to add), got {args.extend}")
+    if args.overwrite:
+        raise UsageError("--extend trains a run further and --overwrite deletes it; pass one of them")
+    source = checkpoint_file(args.resume if args.resume not in (None, True) else cfg.out_dir)
+    saved = read_metadata(source).get("train", {}).get("config", {})  # a clear error when it is missing
+    steps = int(saved.get("steps", cfg.steps)) + args.extend
+    changes = config_changes(saved, dataclasses.replace(cfg, steps=int(saved.get("steps", cfg.steps))).to_dict())
+    if changes and not args.allow_config_change:
+        raise UsageError(f"--extend continues {source} with more steps only, but the flags also change "
+                         f"{'; '.join(changes)}; drop those flags or add --allow-config-change")
+    args.allow_config_change = True  # the step count is the one change --extend makes
+    return dataclasses.replace(cfg, steps=steps)
+
+
 # =========================================================================== eval and edit
 def load_model(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     from mcm_core.checkpoint import load_checkpoint
@@ -513,8 +599,10 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     return model, info, path
 
 
-def checkpoint_data(model: Any, info: Any, name: str | None, split: str) -> tuple[str, Any, dict[str, Any]]:
-    """``(dataset name, the split's data set, its options)``: the training data unless ``name`` says otherwise."""
+def checkpoint_data(model: Any, info: Any, name: str | None, split: str,
+                    data: str | None = None) -> tuple[str, Any, dict[str, Any]]:
+    """``(dataset name, the split's data set, its options)``: the training data unless ``name`` says otherwise;
+    ``data`` (the ``--data`` text, a YAML mapping) adds or replaces options."""
     from mcm_core.data import dataset_options, load_dataset
 
     trained = info.train.get("config", {})
@@ -523,6 +611,8 @@ def checkpoint_data(model: Any, info: Any, name: str | None, split: str) -> tupl
         if name is None:
             raise UsageError("this checkpoint records no training data set; pass --dataset NAME")
     options = dict(trained.get("data", {})) if name == trained.get("dataset") else {}
+    if data is not None:
+        options.update(parse_value("data", data))  # a mapping, or an error naming --data
     if "image_size" in dataset_options(name):
         options.setdefault("image_size", model.cfg.img_size)
     return name, load_dataset(name, split=split, **options), options
@@ -547,7 +637,8 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     model, info, path = load_model(args)
-    name, dataset, options = checkpoint_data(model, info, args.dataset, args.split)
+    with stage(f"loading {args.dataset or 'the training data set'} ({args.split} split)"):
+        name, dataset, options = checkpoint_data(model, info, args.dataset, args.split, args.data)
     size = args.size if args.size is not None else int(info.train.get("config", {}).get("eval_size", 1000))
     if size < 1 or args.train_size < 1:
         raise UsageError(f"--size and --train-size must be at least 1, got {size} and {args.train_size}")
@@ -562,9 +653,12 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"data: {name} {args.split}, {len(data)} images")
     metrics: dict[str, Any] = {"checkpoint": str(path), "method": info.method, "step": step, "dataset": name,
                                "split": args.split, "num_images": len(data), "notes": []}
-    if predicts_concepts(model):
-        report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size),
-                                                prior_threshold=args.prior_threshold)
+    if predicts_concepts(model) and not labelled(dataset):
+        metrics["notes"].append(f"no concept metrics: {name} has no labels")
+    elif predicts_concepts(model):
+        with stage(f"concept metrics on {len(data)} images"):
+            report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size),
+                                                    prior_threshold=args.prior_threshold)
         metrics["concepts"] = concept_metrics_dict(report, class_accuracy)
         rule = "logit > log((1 - f) / f), f = training frequency" if args.prior_threshold else "logit > 0"
         print(f"\nconcepts (full images, {rule}):\n{report.format()}\n")
@@ -573,22 +667,27 @@ def run_eval(args: argparse.Namespace) -> int:
     if (why := no_reconstruction(model)) is not None:
         metrics["notes"].append(why)
     else:
-        metrics["reconstruction"] = reconstruction_over(model, data, ratio, args.seed)
+        with stage(f"reconstruction at mask ratio {ratio} on {len(data)} images"):
+            metrics["reconstruction"] = reconstruction_over(model, data, ratio, args.seed)
         rec = metrics["reconstruction"]
         print(f"reconstruction (hidden patches, mask ratio {ratio}): mse {fmt(rec['mse'], 4)}  "
               f"psnr {fmt(rec['psnr'], 2)} dB")
-        if (rows := shapes_measures(model, dataset, size, args.seed)) is not None:
+        with stage("colour measures over the mask ratios (shapes data only)"):
+            rows = shapes_measures(model, dataset, size, args.seed)
+        if rows is not None:
             metrics["measures"] = rows
             print_measures(rows)
     if args.knn or args.probe:
-        features_metrics(model, name, dataset, data, options, args, metrics)
+        with stage(f"frozen features of {args.train_size} train and {len(data)} {args.split} images"):
+            features_metrics(model, name, dataset, data, options, args, metrics)
     if args.edit:
         from mcm_core.evaluate import edit_success_rate
 
         edit_ratio = 0.75 if args.mask_ratio is None else args.mask_ratio
         images, concepts = first_batch(as_concepts(dataset, model, "--edit"), len(data))
         generator = torch.Generator(device=images.device).manual_seed(args.seed)
-        result = edit_success_rate(model, images, concepts, mask_ratio=edit_ratio, generator=generator)
+        with stage(f"edit success at mask ratio {edit_ratio} ({len(data)} images, every concept)"):
+            result = edit_success_rate(model, images, concepts, mask_ratio=edit_ratio, generator=generator)
         names = concept_names(model)
         per_concept = {names[i]: r for i, r in zip(result["concept_indices"], result["per_concept"])}
         metrics["edit"] = {"rate": result["rate"], "mask_ratio": edit_ratio, "per_concept": per_concept}
@@ -672,7 +771,7 @@ def run_edit(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")
-    dataset_name, dataset, _ = checkpoint_data(model, info, args.dataset, args.split)
+    dataset_name, dataset, _ = checkpoint_data(model, info, args.dataset, args.split, args.data)
     count = min(args.count, len(dataset))
     images, _ = first_batch(dataset, count)
     device = next(model.parameters()).device
@@ -691,6 +790,29 @@ def run_edit(args: argparse.Namespace) -> int:
              f"mask ratio {args.mask_ratio} ({dataset_name} {args.split}; p = P({name}))")
     save_grid(output, rows, title)
     print(output)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mcm_core.checkpoint import load_checkpoint
+    from mcm_core.export import SPEC_SUFFIX, WEIGHT_SUFFIXES, save_timm
+
+    path = checkpoint_file(args.checkpoint)
+    output = Path(args.output)
+    if output.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UsageError(f"--output must be a {' or '.join(WEIGHT_SUFFIXES)} file, got {output}")
+    if path.is_file() and output.with_suffix(SPEC_SUFFIX).resolve() == path.with_suffix(".json").resolve():
+        raise UsageError(f"--output {output} would overwrite the checkpoint {path} or its .json; "
+                         "choose another name (e.g. encoder.safetensors)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; pass a checkpoint file or a run folder holding "
+                                "checkpoint.safetensors")
+    model, info = load_checkpoint(path, device="cpu")
+    source = {"checkpoint": str(path.resolve()), "method": info.method, "step": info.train.get("step")}
+    spec = save_timm(model, output, source=source)
+    print(f"timm weights of the {info.method} encoder: {output}")
+    print(f"timm.create_model call (checked: same features as model.features): {output.with_suffix(SPEC_SUFFIX)}")
+    print(spec["create_model"])
     return 0
 
 
@@ -734,6 +856,20 @@ def message(error: BaseException) -> str:
     return " ".join(str(text).split()) or type(error).__name__
 
 
+def launch_processes(args: argparse.Namespace, argv: list[str], prog: str) -> int:
+    """``train --nproc-per-node N``: the same command in N torchrun workers (mcm_core.launch)."""
+    from mcm_core.launch import launch, split_nproc
+
+    if args.nproc_per_node < 1:
+        print(f"{prog} train: error: --nproc-per-node must be at least 1, got {args.nproc_per_node}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK") is not None:
+        print(f"{prog} train: error: --nproc-per-node starts torchrun itself; run the command without torchrun, "
+              "or drop --nproc-per-node under torchrun", file=sys.stderr)
+        return 2
+    return launch(args.nproc_per_node, split_nproc(argv)[1], prog)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "mcm") -> int:
     """Run ``mcm COMMAND ...``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser(prog)
@@ -743,16 +879,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "mcm") -> int:
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     handler: Callable[[argparse.Namespace], int] = args.handler
     started = time.perf_counter()
+    if getattr(args, "nproc_per_node", None) is not None:
+        return launch_processes(args, list(sys.argv[1:] if argv is None else argv), parser.prog)
     try:
         return handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        from mcm_core.runs import TrainingInterrupted
+
+        if isinstance(stop, TrainingInterrupted):
+            from mcm_core.launch import record_error
+
+            line = f"{parser.prog} {args.command}: {stop}"
+            print(line, file=sys.stderr)
+            record_error(line, 128 + stop.signal_number)
+            return 128 + stop.signal_number
         print(f"\n{parser.prog} {args.command}: interrupted after {time.perf_counter() - started:.0f} s"
-              + ("; continue with --resume" if args.command == "train" else ""), file=sys.stderr)
+              + ("; no checkpoint was saved at this point (the last saved one, if any, is intact)"
+                 if args.command == "train" else ""), file=sys.stderr)
         return 130
     except Exception as error:
         if not isinstance(error, user_errors()) or os.environ.get("MCM_DEBUG"):
             raise
-        print(f"{parser.prog} {args.command}: error: {message(error)}", file=sys.stderr)
+        line = f"{parser.prog} {args.command}: error: {message(error)}"
+        print(line, file=sys.stderr)
+        from mcm_core.launch import record_error
+
+        record_error(line, 2)  # for `train --nproc-per-node`, which prints it after torchrun's report
         return 2
 
 

@@ -149,3 +149,15 @@ def mean_across_processes(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total / dist.get_world_size()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true in any process (one all-reduce); ``flag`` itself in a plain process.
+
+    Every process must call it at the same point (it is a collective operation).
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

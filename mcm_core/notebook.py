@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcm_core.runs import CHECKPOINT_NAME  # what mcm_core.train writes into a run folder
+
 __all__ = ["Range", "resolve_params", "notebook_params", "injected_parameters", "smoke_from_env",
            "setup", "checkpoint_matches", "workbook_checkpoint", "SHIPPED_CHECKPOINT", "record_metrics",
            "METRICS_ENV"]
@@ -40,7 +42,6 @@ Spec = Mapping[str, tuple[Any, Any]]
 # notebooks 02 and 03 draw their figures from it by default, and notebook 01 compares its run with it;
 # mcm_core/assets/README.md holds the command that trained it and its measured metrics.
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "mcm_tiny_shapes.safetensors"
-CHECKPOINT_NAME = "checkpoint.safetensors"  # what mcm_core.train writes into a run folder
 
 
 @dataclass(frozen=True)

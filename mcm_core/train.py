@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mcm_core import distributed
 from mcm_core.checkpoint import (
-    atomic_write_text, load_checkpoint, load_state_strict, optimizer_tensors, package_versions,
-    restore_optimizer, save_checkpoint,
+    CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, load_state_strict, optimizer_tensors,
+    package_versions, restore_optimizer, save_checkpoint,
 )
 from mcm_core.config import TrainConfig, config_changes
 from mcm_core.data import load_dataset
@@ -44,9 +44,7 @@ from mcm_core.masking import make_masker
 from mcm_core.models import build_model
 from mcm_core.models.mae import ModelOutput
 from mcm_core.models.mcm import check_binary_concepts
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
-HISTORY_NAME = "history.jsonl"
+from mcm_core.runs import HISTORY_NAME, StopSignals, TrainingInterrupted, clean_stale_temporaries
 
 CONCEPT_METHODS = ("mcm", "supervised")  # methods trained with concept labels
 
@@ -342,6 +340,10 @@ class Trainer:
         the resumed step on.
         """
         model, info = load_checkpoint(path, device=self.device, with_training_state=True)
+        if info.method != self.cfg.method:
+            raise CheckpointError(f"{path} is a {info.method} run and this config trains {self.cfg.method}; resume "
+                                  f"it with method={info.method} (its config.yaml), or train {self.cfg.method} "
+                                  "into another out_dir")
         load_state_strict(self.unwrapped, model.state_dict(), path)  # another architecture: keys and shapes
         changes = config_changes(info.train.get("config", {}), self.cfg.to_dict())
         if changes and not allow_config_change:
@@ -448,8 +450,13 @@ class Trainer:
             if not math.isfinite(row["loss"]):
                 kept = f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists() \
                     else "no checkpoint had been written yet"
-                raise TrainingDiverged(f"loss became {row['loss']} at step {step}; {kept}. Lower lr "
-                                       f"(now {self.cfg.lr}), keep grad_clip on, or use precision=fp32")
+                bad_data = self.bad_batch_report(step)
+                if bad_data:  # the data, not the optimization: name the images
+                    raise TrainingDiverged(f"loss became {row['loss']} at step {step}: the batch of step {step} holds "
+                                           f"bad values: {bad_data}; {kept}. Fix or remove those images and resume")
+                raise TrainingDiverged(f"loss became {row['loss']} at step {step} (its batch's values are fine); "
+                                       f"{kept}. Lower lr (now {self.cfg.lr}), keep grad_clip on, or use "
+                                       "precision=fp32")
             rows.append(row)
         rows[-1]["elapsed_s"] = time.perf_counter() - started
         self.history.extend(rows)
@@ -457,6 +464,36 @@ class Trainer:
         if self.rank == 0:
             with open(self.out_dir / HISTORY_NAME, "a") as handle:
                 handle.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def checked_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``train_step``; when a model's own value check refuses the batch (CPU tensors), the error names
+        the images of this step's batch that hold the bad values (their files, for a folder of images)."""
+        try:
+            return self.train_step(images, targets)
+        except ValueError as error:
+            report = self.bad_batch_report(self.step)
+            if report is None:
+                raise
+            raise ValueError(f"the batch of step {self.step} holds bad values: {report}; fix or remove those images "
+                             f"and resume ({error})") from error
+
+    def bad_batch_report(self, step: int) -> str | None:
+        """Which images of ``step``'s batch (re-read: a batch is a pure function of seed and step) are NaN,
+        infinite or outside [0, 1], or whose concept targets are not 0/1; None when all are fine."""
+        source = getattr(self.dataset, "dataset", self.dataset)  # OneHotTargets wraps the real data set
+        paths = getattr(source, "paths", None)
+        bad = []
+        for index in self.step_ids.ids(step):
+            image, target = self.dataset[index]
+            image_ok = bool(torch.isfinite(image).all()) and float(image.min()) >= 0 and float(image.max()) <= 1
+            target = torch.as_tensor(target)
+            target_ok = not self.is_concept_model or bool(((target == 0) | (target == 1)).all())
+            if not (image_ok and target_ok):
+                bad.append(f"{paths[index]}" if paths is not None else f"index {index}")
+        if not bad:
+            return None
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return f"{len(bad)} image(s) with NaN/inf, values outside [0, 1] or non-0/1 concepts ({shown})"
 
     def evaluate(self) -> None:
         if self.eval_fn is None or self.rank != 0:
@@ -512,6 +549,14 @@ class Trainer:
         for images, targets in loader:
             yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
+    def should_stop(self, stop: StopSignals, boundary: bool) -> bool:
+        """Whether a stop signal ends the loop after this step. Alone: at once. Under torchrun: at the next
+        logging step, when every process learns (one all-reduce) that any of them was signalled, so all
+        stop at the same step."""
+        if self.world_size == 1:
+            return stop.requested
+        return boundary and distributed.any_process(stop.requested, self.device)
+
     def run(self, until: int | None = None) -> TrainResult:
         """Train from ``self.step`` to ``until`` (default ``cfg.steps``); checkpoint and evaluate as configured.
 
@@ -520,8 +565,13 @@ class Trainer:
         """
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
+        if self.step >= cfg.steps and any(e.get("step") == cfg.steps for e in self.evaluations):
+            # a finished, evaluated run: nothing to train, evaluate or write
+            return TrainResult(self.unwrapped.eval(), self.history, self.checkpoint_path, cfg, 0.0, 0,
+                               self.evaluations)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
+            clean_stale_temporaries(self.out_dir)  # left by a save that was killed
             cfg.save(self.out_dir / "config.yaml")
             atomic_write_text(self.out_dir / "versions.json", json.dumps(package_versions(), indent=2))
             atomic_write_text(self.out_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -530,23 +580,29 @@ class Trainer:
                    desc=f"{cfg.method} {cfg.masking} r={cfg.mask_ratio}", dynamic_ncols=True)
         started, first_step, pending = time.perf_counter(), self.step, []
         self.model.train()
-        for images, targets in self.batches(until):
-            if self.step == first_step:
-                check_batch(images, targets if self.is_concept_model else None)
-            lr = self.optimizer.param_groups[0]["lr"]
-            pending.append((self.step, lr, self.train_step(images, targets)))
-            self.step += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == until:
-                self.flush(pending, started)
-                bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self.evaluate()
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                self.save()
-        bar.close()
-        self.flush(pending, started)
-        path = self.save()  # before the final evaluation, so a failing eval_fn never costs the trained weights
+        with StopSignals(announce=bar.write) as stop:
+            for images, targets in self.batches(until):
+                if self.step == first_step:
+                    check_batch(images, targets if self.is_concept_model else None)
+                lr = self.optimizer.param_groups[0]["lr"]
+                pending.append((self.step, lr, self.checked_step(images, targets)))
+                self.step += 1
+                bar.update(1)
+                boundary = self.step % cfg.log_every == 0 or self.step == until
+                if boundary:
+                    self.flush(pending, started)
+                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
+                if self.should_stop(stop, boundary):
+                    break
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evaluate()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save()
+            bar.close()
+            self.flush(pending, started)
+            path = self.save()  # before the final evaluation, so a failing eval_fn never costs the trained weights
+        if stop.requested and self.step < until:
+            raise TrainingInterrupted(self.step, cfg.steps, path, stop.signal_number or 2)
         if self.eval_fn is not None and self.step == cfg.steps:
             self.evaluate()
             path = self.save()  # again, now with the final evaluation in its metadata

@@ -80,7 +80,7 @@ def test_train_help_lists_every_config_field_with_its_help(capsys):
 def test_every_option_of_every_command_is_documented(capsys):
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "eval", "edit"}
+    assert set(commands) == {"train", "eval", "edit", "export"}
     for name, sub in commands.items():
         assert main([name, "--help"]) == 0
         out = capsys.readouterr().out
@@ -294,3 +294,29 @@ def test_library_errors_during_training_are_clean(tmp_path, capsys):
                  "--no-progress", "--out-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "unknown option(s) ['nosuch'] for model 'mcm'" in err and "Traceback" not in err
+
+
+def test_eval_and_edit_take_the_data_options_of_train(mcm_run, tmp_path, capsys):
+    """An analyst's own folder of images: reconstruction metrics and an edit grid, no labels needed."""
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, colour in enumerate(("red", "green", "navy", "orange")):
+        Image.new("RGB", (48, 40), colour).save(folder / f"{i}.png")
+    run, _ = mcm_run
+    data = ["--dataset", "folder", "--data", f"{{root: {folder}, image_size: 32}}"]
+    output = tmp_path / "eval.json"
+    code = main(["eval", "--checkpoint", str(run), "--split", "all", *data, "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "... reconstruction at mask ratio 0.25 on 4 images" in captured.err  # progress on stderr
+    metrics = strict_json(output)
+    assert metrics["dataset"] == "folder" and metrics["num_images"] == 4 and "reconstruction" in metrics
+    assert "no concept metrics: folder has no labels" in metrics["notes"]
+    png = tmp_path / "red.png"
+    assert main(["edit", "--checkpoint", str(run), "--split", "all", *data, "--concept", "red", "--state", "1",
+                 "--count", "4", "--output", str(png)]) == 0
+    assert png.stat().st_size > 0
+    assert main(["eval", "--checkpoint", str(run), "--data", "{size: many}"]) == 2
+    assert "size must be a non-negative int, got 'many'" in capsys.readouterr().err

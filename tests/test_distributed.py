@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,43 @@ def test_rank_and_step_give_every_process_its_own_masks(tmp_path):
     assert len({tuple(m) for m in flat}) == len(flat)
     trainer.step, trainer.rank = 1, 1
     assert torch.equal(trainer.make_mask(images), masks[1, 1])
+
+
+def launch(args: list[str], **popen) -> subprocess.Popen:
+    """``python -m mcm_core train ... --nproc-per-node WORLD`` (the launcher starts torchrun itself)."""
+    return subprocess.Popen([sys.executable, "-m", "mcm_core", *args, "--nproc-per-node", str(WORLD)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_a_failing_launch_ends_with_the_workers_one_line_message(tmp_path):
+    cfg = TrainConfig(**{**OPTIONS, "steps": 2}, out_dir=str(tmp_path / "run"))
+    child = launch(cli_args(cfg) + ["--set", "model.depth=abc"])
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 2, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("python -m mcm_core train: error: model option 'depth' of 'mcm' must "
+                                            "be int, got 'abc' (str); e.g. model.depth=6")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_at_the_same_step_with_a_checkpoint(tmp_path):
+    """SIGTERM to the launcher reaches both workers through torchrun; they agree on a step, rank 0 saves."""
+    cfg = TrainConfig(**{**OPTIONS, "steps": 400, "log_every": 2}, out_dir=str(tmp_path / "run"))
+    child = launch(cli_args(cfg))
+    log, deadline = tmp_path / "run" / "history.jsonl", time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline and (
+            not log.exists() or log.read_bytes().count(b"\n") < 4):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 128 + signal.SIGTERM, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM at step" in last and "checkpoint saved to" in last, err[-3000:]
+    _, info = load_checkpoint(tmp_path / "run")
+    step = info.train["step"]
+    assert step % 2 == 0 and 4 <= step < 400  # a logging step, the one both processes agreed on
+    assert [row["step"] for row in info.train["history"]] == list(range(step))
+    resumed = launch(cli_args(cfg) + ["--resume", "--until", str(step + 2)])
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and f"stopped at step {step + 2} of 400" in out, err[-3000:]

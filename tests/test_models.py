@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mcm_core.models import build_model, make_config, model_names
-from mcm_core.models.backbone import sincos_pos_embed
+from mcm_core.models.backbone import check_images, sincos_pos_embed
 from mcm_core.models.mcm import concept_map
 
 B, K = 4, 13
@@ -215,6 +215,37 @@ def test_bad_images_get_clear_errors():
         model(torch.rand(3, 32, 32))
     with pytest.raises(TypeError, match="float"):
         model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("name", ["mae", "mcm", "micl", "latent_mim", "supervised"])
+def test_cpu_models_check_image_values(name, images, labels):
+    """On a CPU every model call checks pixel values, as it checks concept values; never off the CPU."""
+    model = make(name)
+    pixels = images * 255  # 0..255, not divided
+    normalised = (images - 0.45) / 0.225  # ImageNet-style mean / std
+    broken = images.clone()
+    broken[1, 2, 3, 4] = float("nan")
+    infinite = images.clone()
+    infinite[0, 0, 0, 0] = float("inf")
+    calls = [model.features]
+    if name in ("mae", "mcm"):
+        calls.append(lambda x: model(x, mask_ratio=0.5, concepts=labels if name == "mcm" else None))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"images must be in \[0, 1\], got values in \[0\.\d+, 25.*"
+                                             r"images\.float\(\) / 255"):
+            call(pixels)
+        with pytest.raises(ValueError, match=r"got values in \[-2.*images \* std \+ mean"):
+            call(normalised)
+        for bad in (broken, infinite):
+            with pytest.raises(ValueError, match="1 NaN or infinite values"):
+                call(bad)
+    rounded = images.clone()
+    rounded[0, 0, 0, :2] = torch.tensor([-5e-4, 1 + 5e-4])  # float rounding of an un-normalisation passes
+    model.features(rounded)
+    model.features(images.to(torch.bfloat16).float())
+    with pytest.raises(ValueError, match=r"got values in \[0.*, 2\]; scale them into \[0, 1\]"):
+        model.features(images * 2)
+    check_images(torch.empty(B, 3, 32, 32, device="meta"), model.cfg)  # off the CPU: nothing is read back
 
 
 def count_flops(fn) -> int:

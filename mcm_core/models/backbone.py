@@ -7,6 +7,7 @@ GPU path gets flash attention).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -242,11 +243,17 @@ def mask_ids(mask: torch.Tensor, hidden: int | None = None,
     return ids_from_mask(mask, None if check else hidden)
 
 
-def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
-    """Raise a clear error for images the model cannot take (shape, channels, size, dtype).
+# How far outside [0, 1] pixel values may stray (float rounding of a user's own un-normalisation);
+# our loaders clamp, and bilinear resizing cannot overshoot.
+IMAGE_RANGE_TOLERANCE = 1e-3
 
-    Value range is checked by the data and training code, not here: reading the
-    min/max would synchronize the GPU on every step.
+
+def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
+    """Raise a clear error for images the model cannot take (shape, channels, size, dtype, values).
+
+    Values (finite, in [0, 1]) are checked on CPU tensors only, as concept values are: on a
+    GPU reading the min/max back would synchronize every step, so there the trainer checks
+    the first batch instead (``mcm_core.train.check_batch``).
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
@@ -263,6 +270,31 @@ def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
     if not images.is_floating_point():
         raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}; "
                         "convert uint8 images with images.float() / 255")
+    if images.device.type == "cpu":
+        check_image_values(images)
+
+
+def check_image_values(images: torch.Tensor) -> None:
+    """Raise unless every value of float ``images`` is finite and in [0, 1] (reads the values back).
+
+    Allows :data:`IMAGE_RANGE_TOLERANCE` of rounding either side; names the range found and the fix.
+    """
+    if images.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int((~torch.isfinite(images.detach())).sum())
+        raise ValueError(f"images hold {bad} NaN or infinite values; repair or drop those images "
+                         "(e.g. images.nan_to_num(0.0).clamp(0, 1)) before calling the model")
+    if low < -IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:
+        if low >= 0 and 2 < high <= 255:
+            hint = "they look like 0..255 pixel values: convert them with images.float() / 255"
+        elif low >= 0:
+            hint = "scale them into [0, 1] (e.g. images / images.max()) or clamp them with images.clamp(0, 1)"
+        else:
+            hint = ("they look normalised by a mean / std: undo it with images * std + mean "
+                    "(the model takes [0, 1] pixels, with no normalisation)")
+        raise ValueError(f"images must be in [0, 1], got values in [{low:.4g}, {high:.4g}]; {hint}")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -277,6 +309,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "AFFINITIES", "BackboneConfig", "PRESETS", "ViTEncoder", "sincos_pos_embed", "make_blocks",
-    "attention_probs", "block_with_attention", "gather_tokens", "mask_ids", "check_images", "masked_mean",
+    "attention_probs", "block_with_attention", "gather_tokens", "mask_ids", "check_images", "check_image_values",
+    "IMAGE_RANGE_TOLERANCE", "masked_mean",
     "init_weights"
 ]

@@ -375,6 +375,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         pred = self.forward_decoder(EncoderOutput(encoded.tokens, encoded.mask, encoded.ids_keep,
                                                   encoded.ids_restore, concepts=flipped))
         edited = self.unpatchify(torch.where(encoded.mask[..., None], pred, self.patchify(images)))
+        # The judge sees a valid image (values in [0, 1]) while gradients pass as if unclamped (straight-through).
+        edited = edited + (edited.clamp(0, 1) - edited).detach()
         logits = self.predict_concepts(edited, 0.0).gather(1, pick[:, None])
         return F.binary_cross_entropy_with_logits(logits, target)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -41,12 +43,45 @@ def make_config(name: str, preset: str = "tiny", **overrides: Any):
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for model {name!r}; valid options are {sorted(valid)}")
+    check_option_types(name, config_class, overrides)
     derived = getattr(config_class, "derived_fields", ())
     values = {k: v for k, v in PRESETS[preset].items() if k not in derived}
     values.update(overrides)
     if "decoder_depth" in derived and "decoder_depth" not in overrides:
         values["decoder_depth"] = values["depth"] // 2
     return config_class(**values)
+
+
+def matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the annotated type ``tp`` (int, float, bool, str, list[...], X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, option) for option in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(matches(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:  # an int is a fine float; a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def type_text(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_option_types(name: str, config_class: type, options: dict[str, Any]) -> None:
+    """Raise a TypeError naming the option, the type it takes, the value given and an example."""
+    hints = typing.get_type_hints(config_class)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+    for key, value in options.items():
+        if not matches(value, hints[key]):
+            example = defaults[key] if defaults[key] is not dataclasses.MISSING else None
+            raise TypeError(f"model option {key!r} of {name!r} must be {type_text(hints[key])}, got {value!r} "
+                            f"({type(value).__name__}); e.g. model.{key}={example!r}")
 
 
 def build_model(name: str, preset: str = "tiny", **overrides: Any) -> nn.Module:
