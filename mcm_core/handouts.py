@@ -16,6 +16,10 @@ relative paths such as ``../runs`` and ``..`` still point at the repository root
     python -m mcm_core.handouts build     # (re)write handouts/ (make handouts)
     python -m mcm_core.handouts check     # exit 1, naming the files, when handouts/ is out of date
 
+Both folders are arguments relative to the current directory: ``--notebooks`` (default
+``notebooks/``, else the notebooks shipped with the package) and ``--output`` (default
+``handouts/``). Build from the repository root to get the committed copies.
+
 Solution cells must come after everything the rest of the notebook needs (the Exercises
 section at the end), since the student copy runs without them.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,12 +35,12 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-__all__ = ["SOLUTION_TAG", "EXERCISE_TAG", "student_cell", "student_notebook", "handout_files",
-           "build_handouts", "check_handouts", "main"]
+from mcm_core.workbook import NOTEBOOKS, input_folder, is_shipped
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
-HANDOUT_DIR = ROOT / "handouts"
+__all__ = ["SOLUTION_TAG", "EXERCISE_TAG", "student_cell", "student_notebook", "handout_files",
+           "build_handouts", "check_handouts", "notebooks_folder", "output_folder", "main"]
+
+HANDOUT_DEFAULT = Path("handouts")  # under the current directory
 SOLUTION_TAG, EXERCISE_TAG = "solution", "exercise"
 BUILD_COMMAND = "make handouts (or: .venv/bin/python -m mcm_core.handouts build)"
 CODE_PLACEHOLDER = "# your code here"
@@ -134,8 +139,30 @@ def notebook_title(nb: NotebookNode, fallback: str) -> str:
     return fallback
 
 
-def handout_files(notebooks_dir: Path = NOTEBOOK_DIR) -> dict[str, str]:
-    """``{file name: text}`` of every handout: one per numbered notebook, plus ``README.md``."""
+def notebooks_folder(given: str | Path | None = None) -> Path:
+    """``given``, else ``./notebooks``, else the notebooks shipped with the package.
+
+    Raises:
+        FileNotFoundError: the folder does not exist; the message names ``--notebooks``.
+    """
+    return input_folder(given, NOTEBOOKS, "--notebooks")
+
+
+def output_folder(given: str | Path | None = None) -> Path:
+    """``given``, else ``./handouts``; a folder inside the installed package is refused."""
+    folder = Path(os.path.abspath(given if given is not None else Path.cwd() / HANDOUT_DEFAULT))
+    if is_shipped(folder):
+        raise ValueError(f"{folder} is inside the installed package; pass --output DIR outside it")
+    return folder
+
+
+def handout_files(notebooks_dir: str | Path | None = None) -> dict[str, str]:
+    """``{file name: text}`` of every handout: one per numbered notebook, plus ``README.md``.
+
+    Args:
+        notebooks_dir: the notebooks (None: :func:`notebooks_folder`).
+    """
+    notebooks_dir = notebooks_folder(notebooks_dir)
     sources = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
     if not sources:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")
@@ -163,9 +190,15 @@ def handout_files(notebooks_dir: Path = NOTEBOOK_DIR) -> dict[str, str]:
     return files
 
 
-def build_handouts(notebooks_dir: Path = NOTEBOOK_DIR, out_dir: Path = HANDOUT_DIR) -> list[Path]:
-    """Write every handout into ``out_dir`` and remove stale ones; -> the files written."""
+def build_handouts(notebooks_dir: str | Path | None = None, out_dir: str | Path | None = None) -> list[Path]:
+    """Write every handout into ``out_dir`` and remove stale ones; -> the files written.
+
+    Args:
+        notebooks_dir: the notebooks (None: ``./notebooks``, else the shipped ones).
+        out_dir: the handouts' folder (None: ``./handouts``).
+    """
     files = handout_files(notebooks_dir)
+    out_dir = output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.ipynb"):
         if stale.name not in files:
@@ -179,9 +212,14 @@ def build_handouts(notebooks_dir: Path = NOTEBOOK_DIR, out_dir: Path = HANDOUT_D
     return written
 
 
-def check_handouts(notebooks_dir: Path = NOTEBOOK_DIR, out_dir: Path = HANDOUT_DIR) -> list[str]:
-    """What differs between ``out_dir`` and what :func:`build_handouts` would write (empty: in sync)."""
+def check_handouts(notebooks_dir: str | Path | None = None, out_dir: str | Path | None = None) -> list[str]:
+    """What differs between ``out_dir`` and what :func:`build_handouts` would write (empty: in sync).
+
+    Args: as for :func:`build_handouts`.
+    """
     files = handout_files(notebooks_dir)
+    notebooks_dir = notebooks_folder(notebooks_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / HANDOUT_DEFAULT
     problems = []
     for name, text in files.items():
         path = out_dir / name
@@ -200,10 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mcm_core.handouts",
                                      description="Student copies of the notebooks without the solution cells.")
     parser.add_argument("command", choices=("build", "check"), help="build: write handouts/; check: compare")
-    parser.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="source folder (default notebooks/)")
-    parser.add_argument("--output", default=str(HANDOUT_DIR), help="handout folder (default handouts/)")
+    parser.add_argument("--notebooks", default=None, metavar="DIR",
+                        help="source folder (default ./notebooks, else the notebooks shipped with the package)")
+    parser.add_argument("--output", default=None, metavar="DIR", help="handout folder (default ./handouts)")
     args = parser.parse_args(argv)
-    notebooks_dir, out_dir = Path(args.notebooks), Path(args.output)
+    try:
+        notebooks_dir, out_dir = notebooks_folder(args.notebooks), output_folder(args.output)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.command == "build":
         written = build_handouts(notebooks_dir, out_dir)
         print(f"wrote {len(written)} files to {out_dir}")

@@ -14,6 +14,12 @@ notebook, ``metrics.json``, ``log.txt``, ``run.json``, figures, run folders), ``
 and ``summary.png``. A run that fails or goes over its budget is reported in the summary with
 its error; the others go on, and the command exits with 1 after writing the summary.
 
+Folders are arguments, relative to the current directory: ``--notebooks`` (default ``notebooks/``),
+``--labs`` (where a lab given by name, e.g. ``mask_ratio_sweep``, is looked up; default ``labs/``)
+and ``--output`` (default ``outputs/labs/<name>``). Without ``notebooks/`` or ``labs/`` in the
+current directory, the copies shipped with the package are used (:mod:`mcm_core.workbook`), so an
+installed package runs a lab from an empty folder; nothing is ever written into the package.
+
 Notebooks record their metrics with :func:`mcm_core.notebook.record_metrics`, which writes to
 the file the runner names in ``MCM_METRICS_PATH``.
 
@@ -43,14 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from mcm_core.notebook import METRICS_ENV, assigned_values
+from mcm_core.workbook import LABS, NOTEBOOKS, input_folder, is_shipped
 
 __all__ = ["Lab", "LabError", "RunPlan", "load_lab", "parse_lab", "expand_grid", "notebook_parameters",
            "run_ids", "plan_runs", "flatten_metrics", "match_metrics", "summarize_runs", "write_csv",
-           "notebook_error", "run_lab", "main"]
+           "notebook_error", "run_lab", "main", "notebooks_folder", "labs_folder", "find_lab_file", "default_output"]
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
-OUTPUT_DIR = ROOT / "outputs" / "labs"
+OUTPUT_DEFAULT = Path("outputs") / "labs"  # under the current directory; a lab's runs go to <it>/<name>[_smoke]
 
 KEYS = ("name", "description", "notebook", "parameters", "grid", "runs", "time_budget_s", "workers",
         "threads", "metrics", "figure")
@@ -194,12 +199,32 @@ def positive_number(data: Mapping[str, Any], key: str, integer: bool, example: s
     return value
 
 
-def parse_lab(data: Any, notebooks_dir: Path = NOTEBOOK_DIR, source: str | Path | None = None) -> Lab:
+def notebooks_folder(given: str | Path | None = None) -> Path:
+    """``given``, else ``./notebooks``, else the package's shipped notebooks (:func:`mcm_core.workbook.input_folder`).
+
+    Raises:
+        LabError: the folder does not exist; the message names ``--notebooks``.
+    """
+    try:
+        return input_folder(given, NOTEBOOKS, "--notebooks")
+    except FileNotFoundError as error:
+        raise LabError(str(error)) from None
+
+
+def labs_folder(given: str | Path | None = None) -> Path:
+    """``given``, else ``./labs``, else the package's shipped labs; a LabError naming ``--labs`` if missing."""
+    try:
+        return input_folder(given, LABS, "--labs")
+    except FileNotFoundError as error:
+        raise LabError(str(error)) from None
+
+
+def parse_lab(data: Any, notebooks_dir: str | Path | None = None, source: str | Path | None = None) -> Lab:
     """Check a lab definition (the YAML file's content) and expand its runs.
 
     Args:
         data: the parsed YAML mapping.
-        notebooks_dir: where ``notebook`` is looked up.
+        notebooks_dir: where ``notebook`` is looked up (None: :func:`notebooks_folder`).
         source: the lab's file, named in messages; its stem is the default ``name`` (else ``"lab"``).
     Raises:
         LabError: unknown or missing keys, an unknown notebook, unknown parameter names, or a
@@ -207,7 +232,7 @@ def parse_lab(data: Any, notebooks_dir: Path = NOTEBOOK_DIR, source: str | Path 
     """
     where = str(source) if source is not None else "lab"
     try:
-        return check_lab(data, notebooks_dir, source)
+        return check_lab(data, Path(notebooks_dir) if notebooks_dir is not None else notebooks_folder(), source)
     except LabError as error:
         raise LabError(f"{where}: {error}") from None
 
@@ -296,14 +321,39 @@ def check_lab(data: Any, notebooks_dir: Path, source: str | Path | None) -> Lab:
                source=Path(source) if source is not None else None)
 
 
-def load_lab(path: str | Path, notebooks_dir: Path = NOTEBOOK_DIR) -> Lab:
-    """Read and check a lab YAML file (see :func:`parse_lab`)."""
+def find_lab_file(lab: str | Path, labs_dir: str | Path | None = None) -> Path:
+    """The YAML file of ``lab``: a path to a file, or the name of a lab in ``labs_dir`` (with or without ``.yaml``).
+
+    Args:
+        labs_dir: where names are looked up (None: ``./labs``, else the labs shipped with the package).
+    Raises:
+        LabError: no such file; the message lists the labs of the folder.
+    """
+    path = Path(lab)
+    if path.is_file():
+        return path
+    folder = labs_folder(labs_dir) if labs_dir is not None else None
+    if folder is None:
+        try:
+            folder = labs_folder()
+        except LabError:
+            pass
+    if folder is not None and path.parent == Path("."):  # a bare name: a lab of the folder
+        candidate = folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if candidate.is_file():
+            return candidate
+    found = sorted(p.stem for p in folder.glob("*.yaml")) if folder is not None else []
+    where = f"; the labs in {folder} are {found} (give one by name, or pass --labs DIR)" if folder is not None else \
+        "; no labs folder ./labs either: pass a lab file, or --labs DIR"
+    raise LabError(f"no lab file at {path}{where}")
+
+
+def load_lab(path: str | Path, notebooks_dir: str | Path | None = None, labs_dir: str | Path | None = None) -> Lab:
+    """Read and check a lab YAML file, or a lab of ``labs_dir`` by name (:func:`find_lab_file`, :func:`parse_lab`)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        found = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "labs").glob("*.yaml"))
-        raise LabError(f"no lab file at {path}; the labs in this repository are {found}")
+    path = find_lab_file(path, labs_dir)
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else notebooks_folder()
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -507,8 +557,12 @@ def execute_run(plan: RunPlan, lab: Lab, kernel: str = "python3") -> dict[str, A
     """
     import yaml
 
-    folder = plan.folder
+    folder = Path(os.path.abspath(plan.folder))
     folder.mkdir(parents=True, exist_ok=True)
+    notebook = Path(os.path.abspath(lab.notebook))
+    # The kernel runs in the notebook's folder, so its relative paths (../runs/...) resolve as they do in
+    # Jupyter; a notebook shipped inside the installed package runs in its run folder instead.
+    kernel_cwd = folder if is_shipped(notebook) else notebook.parent
     executed, metrics_path, log = folder / lab.notebook.name, folder / METRICS_JSON, folder / "log.txt"
     for stale in (executed, metrics_path, folder / RUN_JSON):
         stale.unlink(missing_ok=True)
@@ -517,11 +571,11 @@ def execute_run(plan: RunPlan, lab: Lab, kernel: str = "python3") -> dict[str, A
     threads = str(lab.threads)
     env = {**os.environ, METRICS_ENV: str(metrics_path.resolve()), "OMP_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads, "MCM_FIGURES_DIR": str((folder / "figures").resolve()), "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "papermill", str(lab.notebook), str(executed), "-f", str(params_file),
-               "--cwd", str(lab.notebook.parent), "-k", kernel, "--no-progress-bar"]
+    command = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-f", str(params_file),
+               "--cwd", str(kernel_cwd), "-k", kernel, "--no-progress-bar"]
     start, timed_out = time.perf_counter(), False
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(folder))
         try:
             code = process.wait(timeout=lab.time_budget_s)
         except subprocess.TimeoutExpired:
@@ -584,9 +638,14 @@ def write_summary(lab: Lab, records: Sequence[Mapping[str, Any]], out_dir: Path,
     return csv_path, figure, warnings
 
 
-def default_output(lab: Lab, smoke: bool = False) -> Path:
-    """``outputs/labs/<name>`` (``<name>_smoke`` for smoke runs, so they never mix with full ones)."""
-    return OUTPUT_DIR / (lab.name + ("_smoke" if smoke else ""))
+def default_output(lab: Lab, smoke: bool = False, root: str | Path | None = None) -> Path:
+    """``<root>/<name>`` (``<name>_smoke`` for smoke runs, so they never mix with full ones).
+
+    Args:
+        root: the labs' output folder (None: ``outputs/labs`` under the current directory).
+    """
+    base = Path(root) if root is not None else Path.cwd() / OUTPUT_DEFAULT
+    return base / (lab.name + ("_smoke" if smoke else ""))
 
 
 def read_records(lab: Lab, out_dir: Path) -> list[dict[str, Any]]:
@@ -646,25 +705,36 @@ def main(argv: list[str] | None = None, prog: str = "python -m mcm_core.labs") -
     parser = argparse.ArgumentParser(prog=prog, description="Run a notebook over a parameter grid (a lab); "
                                      "see docs/instructors.md.")
     sub = parser.add_subparsers(dest="command", required=True)
+    def folders(command: argparse.ArgumentParser, first: bool = False) -> None:
+        command.add_argument("--notebooks", default=None, metavar="DIR", help=(
+            "folder the lab's notebook is taken from (default ./notebooks, else the notebooks shipped with "
+            "the package; e.g. a student's copies)") if first else "as for run")
+        command.add_argument("--labs", default=None, metavar="DIR", help=(
+            "folder a lab given by name is looked up in (default ./labs, else the labs shipped with the "
+            "package)") if first else "as for run")
+
+    lab_help = "the lab: its YAML file (e.g. labs/mask_ratio_sweep.yaml) or its name in --labs (mask_ratio_sweep)"
+    output_help = f"the lab's output folder (default ./{OUTPUT_DEFAULT.as_posix()}/<name>[_smoke])"
     run = sub.add_parser("run", help="run every grid point and write summary.csv / summary.png")
-    run.add_argument("lab", help="the lab's YAML file, e.g. labs/mask_ratio_sweep.yaml")
+    run.add_argument("lab", help=lab_help)
     run.add_argument("--smoke", action="store_true", help="pass smoke=True to every run (seconds per run)")
     run.add_argument("--workers", type=int, default=None, help="runs at a time (default: the lab's, else min(2, CPUs))")
-    run.add_argument("--output", default=None, help="the lab's output folder (default outputs/labs/<name>[_smoke])")
+    run.add_argument("--output", default=None, metavar="DIR", help=output_help)
     run.add_argument("--kernel", default="python3", help="Jupyter kernel (set-up registers python3 in .venv)")
-    run.add_argument("--notebooks", default=str(NOTEBOOK_DIR),
-                     help="folder the lab's notebook is taken from (default notebooks/; e.g. a student's copies)")
+    folders(run, first=True)
     summary = sub.add_parser("summary", help="rewrite summary.csv / summary.png from the run folders (no runs)")
-    summary.add_argument("lab")
-    summary.add_argument("--smoke", action="store_true", help="the smoke runs' folder (outputs/labs/<name>_smoke)")
-    summary.add_argument("--output", default=None, help="the lab's output folder (default outputs/labs/<name>[_smoke])")
-    summary.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="as for run")
+    summary.add_argument("lab", help=lab_help)
+    summary.add_argument("--smoke", action="store_true",
+                         help=f"the smoke runs' folder (./{OUTPUT_DEFAULT.as_posix()}/<name>_smoke)")
+    summary.add_argument("--output", default=None, metavar="DIR", help=output_help)
+    folders(summary)
     check = sub.add_parser("check", help="check a lab file and list its runs, without running anything")
-    check.add_argument("lab")
-    check.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="as for run")
+    check.add_argument("lab", help=lab_help)
+    folders(check)
     args = parser.parse_args(argv)
     try:
-        lab = load_lab(args.lab, Path(args.notebooks))
+        notebooks_dir = notebooks_folder(args.notebooks)
+        lab = load_lab(args.lab, notebooks_dir, args.labs)
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise LabError(f"--workers must be at least 1, got {args.workers}")
     except LabError as error:

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from mcm_core import handouts
+from mcm_core import handouts, workbook
 from mcm_core.handouts import EXERCISE_TAG, SOLUTION_TAG, check_handouts, student_cell, student_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,31 @@ def test_check_command_names_the_fix(tmp_path, capsys):
     assert "make handouts" in capsys.readouterr().err
     assert handouts.main(["build", "--notebooks", str(source), "--output", str(tmp_path / "h")]) == 0
     assert handouts.main(["check", "--notebooks", str(source), "--output", str(tmp_path / "h")]) == 0
+
+
+def test_folders_are_arguments_relative_to_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(demo_notebook(), tmp_path / "notebooks" / "99_demo.ipynb")
+    assert handouts.main(["build"]) == 0  # ./notebooks -> ./handouts
+    assert sorted(p.name for p in (tmp_path / "handouts").iterdir()) == ["99_demo.ipynb", "README.md"]
+    assert handouts.main(["check"]) == 0 and check_handouts() == []
+    assert handouts.main(["build", "--notebooks", str(tmp_path / "nope")]) == 2
+    assert f"no notebooks folder {tmp_path / 'nope'}; pass an existing folder to --notebooks" in capsys.readouterr().err
+
+
+def test_without_a_notebooks_folder_the_shipped_notebooks_are_used_and_never_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # an empty folder
+    assert handouts.notebooks_folder() == workbook.shipped_folder("notebooks")
+    assert check_handouts(None, HANDOUT_DIR) == []  # the shipped notebooks are the repository's
+    shipped = workbook.shipped_folder("notebooks")
+    with pytest.raises(ValueError, match="inside the installed package"):  # checked before anything is written
+        handouts.output_folder(shipped / "handouts")
+    monkeypatch.setattr(workbook, "shipped_folder", lambda kind: None)
+    assert handouts.main(["build"]) == 2
+    message = "no notebooks folder ./notebooks; run from the repository root or pass --notebooks DIR"
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "handouts").exists()
 
 
 # ---------------------------------------------------------------------------- the repository's copies

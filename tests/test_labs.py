@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from mcm_core import labs
+from mcm_core import labs, workbook
 from mcm_core.lab_viz import metric_label, plot_lab_summary, series_label
 from mcm_core.labs import Lab, LabError, expand_grid, parse_lab, run_ids, summarize_runs
 from mcm_core.notebook import METRICS_ENV, record_metrics
@@ -167,6 +168,65 @@ def test_check_command_lists_runs_and_bad_file_exits_2(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(minimal(grid={"mask_ratoi": [0.5]})))
     assert labs.main(["run", str(bad)]) == 2
     assert "did you mean 'mask_ratio'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- folders are arguments
+def test_folders_default_to_the_current_directory_else_the_shipped_copies(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty folder: the package's own notebooks and labs
+    assert labs.notebooks_folder() == workbook.shipped_folder("notebooks")
+    assert labs.labs_folder() == workbook.shipped_folder("labs")
+    lab = labs.load_lab("mask_ratio_sweep")
+    assert lab.notebook == workbook.shipped_folder("notebooks") / "01_train_mcm.ipynb"
+    assert labs.default_output(lab, smoke=True) == tmp_path / "outputs" / "labs" / "mask_ratio_sweep_smoke"
+    assert labs.default_output(lab, root="elsewhere") == Path("elsewhere") / "mask_ratio_sweep"
+    (tmp_path / "notebooks").mkdir()  # folders in the current directory come first
+    shutil.copy(NOTEBOOK_DIR / "01_train_mcm.ipynb", tmp_path / "notebooks")
+    (tmp_path / "labs").mkdir()
+    (tmp_path / "labs" / "mine.yaml").write_text(yaml.safe_dump(minimal()))
+    lab = labs.load_lab("mine.yaml")
+    assert lab.notebook == tmp_path / "notebooks" / "01_train_mcm.ipynb"
+    assert lab.source == tmp_path / "labs" / "mine.yaml"
+    with pytest.raises(LabError, match=r"no lab file at mask_ratio_sweep; the labs in .* are \['mine'\]"):
+        labs.load_lab("mask_ratio_sweep")
+
+
+def test_a_missing_folder_is_an_error_naming_its_option(tmp_path, monkeypatch, capsys):
+    assert labs.main(["check", "mask_ratio_sweep", "--notebooks", str(tmp_path / "nope")]) == 2
+    assert f"no notebooks folder {tmp_path / 'nope'}; pass an existing folder to --notebooks" in capsys.readouterr().err
+    assert labs.main(["check", "mask_ratio_sweep", "--labs", str(tmp_path / "nope")]) == 2
+    assert "pass an existing folder to --labs" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(workbook, "shipped_folder", lambda kind: None)  # neither ./notebooks nor an installed copy
+    assert labs.main(["check", str(ROOT / "labs" / "mask_ratio_sweep.yaml")]) == 2
+    assert ("no notebooks folder ./notebooks; run from the repository root or pass --notebooks DIR"
+            in capsys.readouterr().err)
+    assert labs.main(["check", str(ROOT / "labs" / "mask_ratio_sweep.yaml"), "--notebooks", str(NOTEBOOK_DIR)]) == 0
+
+
+def test_a_shipped_notebook_runs_in_its_run_folder_and_a_repository_one_in_its_folder(tmp_path, monkeypatch):
+    """papermill gets absolute paths; the kernel of a notebook inside the package never runs (writes) there."""
+    calls = []
+
+    class FakeProcess:
+        def __init__(self, command, **kwargs):
+            calls.append((command, kwargs))
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(labs.subprocess, "Popen", FakeProcess)
+    monkeypatch.chdir(tmp_path)
+    for notebooks in (workbook.shipped_folder("notebooks"), NOTEBOOK_DIR):
+        lab = parse_lab(minimal(grid={"mask_ratio": [0.5]}), notebooks)
+        plan = labs.plan_runs(lab, Path("out") / notebooks.name)[0]
+        assert labs.execute_run(plan, lab)["status"] == "ok"
+    folder = tmp_path / "out" / "notebooks" / "0"
+    (shipped, shipped_kw), (repo, repo_kw) = calls
+    assert shipped[shipped.index("--cwd") + 1] == str(folder) and shipped_kw["cwd"] == str(folder)
+    assert repo[repo.index("--cwd") + 1] == str(NOTEBOOK_DIR)
+    assert repo_kw["cwd"] == str(tmp_path / "out" / NOTEBOOK_DIR.name / "0")
+    assert workbook.is_shipped(shipped[3]) and not workbook.is_shipped(repo[3])
+    assert all(Path(arg).is_absolute() for arg in shipped[3:5] + repo[3:5])
 
 
 # ---------------------------------------------------------------------------- summary

@@ -146,9 +146,21 @@ def test_save_figure_rejects_bad_names(tmp_path, monkeypatch, images):
         viz.save_figure("not a figure", "x")
 
 
-def test_figures_dir_default(monkeypatch):
+def test_figures_dir_default_is_under_the_current_directory(monkeypatch, tmp_path):
+    """Never the package's location: figures/ under the current directory, $MCM_FIGURES_DIR, or the caller's folder."""
     monkeypatch.delenv("MCM_FIGURES_DIR", raising=False)
-    assert viz.figures_dir() == viz.ROOT / "figures"
+    monkeypatch.chdir(tmp_path)
+    assert viz.figures_dir() == tmp_path / "figures"
+    monkeypatch.setenv("MCM_FIGURES_DIR", str(tmp_path / "env"))
+    assert viz.figures_dir() == tmp_path / "env"
+    assert viz.figures_dir(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_save_figure_into_a_folder_the_caller_chooses(monkeypatch, tmp_path, images):
+    monkeypatch.setenv("MCM_FIGURES_DIR", str(tmp_path / "env"))
+    path = viz.save_figure(viz.show_images(images), "01_test", folder=tmp_path / "mine")
+    assert path == tmp_path / "mine" / "01_test.png" and path.stat().st_size > 0
+    assert not (tmp_path / "env").exists()
 
 
 def test_viz_never_uses_pyplot():
