@@ -17,7 +17,7 @@ import time
 import torch
 
 from mcm_core.masking import make_masker
-from mcm_core.models import build_model
+from mcm_core.models import build_model, has
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
 
         def step(mask=None):
             out = model(images, mask_ratio=ratio, mask=mask, generator=gen,
-                        concepts=concepts if name == "mcm" else None)
+                        concepts=concepts if has(model, "uses_concepts") else None)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

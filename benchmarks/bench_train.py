@@ -54,6 +54,7 @@ import timm  # noqa: E402
 
 import mcm_core  # noqa: E402
 from compile_check import compile_stats, reset_compile  # noqa: E402
+from mcm_core.choices import MASKINGS, PRECISIONS  # noqa: E402
 from mcm_core.config import TrainConfig, parse_overrides, read_yaml  # noqa: E402
 from mcm_core.evaluate import count_flops, flop_counting  # noqa: E402
 from mcm_core.masking import num_hidden  # noqa: E402
@@ -285,10 +286,10 @@ def parser() -> argparse.ArgumentParser:
                    help="untimed steps after the FLOP-counting step "
                         "(default: 5 on a GPU, 8 with --compile, 1 on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 autocast on a GPU, float32 on a CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; on a CPU it needs a C++ compiler)")
-    p.add_argument("--masking", default="random", choices=("random", "block", "hierarchical"))
+    p.add_argument("--masking", default="random", choices=MASKINGS)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model overrides for every run, e.g. --set decoder_depth=3")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")

@@ -41,7 +41,7 @@ from mcm_core.data import load_dataset  # noqa: E402
 from mcm_core.evaluate import (  # noqa: E402
     concept_metrics, extract_features, knn_accuracy, linear_probe, predict_concepts,
 )
-from mcm_core.models import build_model  # noqa: E402
+from mcm_core.models import build_model, has  # noqa: E402
 from mcm_core.models.backbone import PRESETS  # noqa: E402
 from mcm_core.train import Trainer, training_data  # noqa: E402
 
@@ -145,7 +145,7 @@ def features_metrics(model: torch.nn.Module, cfg: TrainConfig, args: argparse.Na
 def concept_f1(model: torch.nn.Module, cfg: TrainConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Concept macro-F1 on held-out shapes: MCM's own head, else a linear probe per concept."""
     test = subset(training_data(cfg, "test"), args.eval_test)
-    if hasattr(model, "predict_concepts"):
+    if has(model, "uses_concepts"):
         logits, targets = predict_concepts(model, test)
         return {"concept_f1": concept_metrics(logits, targets).macro["f1"], "head": "own concept head"}
     train_x, train_y = extract_features(model, subset(training_data(cfg, "train"), args.eval_train))

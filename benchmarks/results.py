@@ -33,6 +33,7 @@ from mcm_core.evaluate import (  # noqa: E402
     class_accuracy, concept_metrics, count_flops, edit_success_rate, extract_features, linear_probe,
     predict_concepts, training_flops_per_image,
 )
+from mcm_core.models import has  # noqa: E402
 from mcm_core.train import Trainer, training_data  # noqa: E402
 
 SHAPES_RUNS = [
@@ -63,7 +64,7 @@ def flops_per_step(trainer: Trainer, batch_size: int) -> float:
     """Counted training FLOPs of one step (forward + backward, plus the EMA affinity pass if any)."""
     images, targets = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
     model, cfg = trainer.model, trainer.cfg
-    concepts = targets.float() if trainer.is_concept_model else None
+    concepts = targets.float() if trainer.uses_concepts else None
     per_image = training_flops_per_image(model, images, cfg.mask_ratio, concepts=concepts)
     if trainer.ema is not None:
         per_image += count_flops(lambda: trainer.ema.patch_affinity(images, kind=cfg.hierarchy_affinity)) / images.shape[0]
@@ -75,7 +76,7 @@ def evaluate_run(model, cfg: TrainConfig, dataset_name: str, test_size: int, qui
     test = training_data(cfg, split="test")
     if test_size < len(test):
         test = torch.utils.data.Subset(test, range(test_size))
-    if cfg.method == "mae":
+    if not has(model, "uses_concepts"):  # no concept head: a linear probe on frozen features
         train = training_data(cfg, "train")
         train = torch.utils.data.Subset(train, range(min(len(train), 500 if quick else 5000)))
         train_x, train_y = extract_features(model, train)
@@ -87,7 +88,7 @@ def evaluate_run(model, cfg: TrainConfig, dataset_name: str, test_size: int, qui
     out = {"macro_f1": report.macro["f1"], "concept_accuracy": report.macro["accuracy"]}
     if dataset_name == "fashion_mnist":
         out["accuracy"] = class_accuracy(logits, targets)
-    if cfg.method == "mcm" and dataset_name == "shapes":
+    if has(model, "can_edit") and dataset_name == "shapes":
         n = 64 if quick else 500
         images = torch.stack([test[i][0] for i in range(n)])
         concepts = torch.stack([test[i][1] for i in range(n)])

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from mcm_core.choices import DATASET_NAMES, check_mask_ratio
 from mcm_core.config import TrainConfig, field_types, load_config, parse_overrides, parse_value, type_name
 
 from mcm_core.runs import METRICS_NAME
@@ -146,7 +147,7 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint file (.safetensors) or a run folder holding checkpoint.safetensors")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="data set to use (default: the one the model was trained on, with its options): "
-                             "shapes, fashion_mnist, digits, celeba, folder")
+                             + ", ".join(DATASET_NAMES))
     parser.add_argument("--data", default=None, metavar="{KEY: VALUE}",
                         help="options for load_dataset, as for train, e.g. '{root: ~/pictures}' with --dataset "
                              "folder; merged over the training run's options when the data set is the same")
@@ -326,9 +327,10 @@ def shapes_measures(model: Any, dataset: Any, size: int, seed: int) -> list[dict
     from torch.utils.data import Subset
 
     from mcm_core.measures import measure_dataset
+    from mcm_core.models.capabilities import has, pixel_problem
 
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    if not is_concept_model(model) or no_reconstruction(model) is not None or not getattr(base, "one_object", False):
+    if not has(model, "can_edit") or pixel_problem(model) is not None or not getattr(base, "one_object", False):
         return None
     return [m.to_dict() for m in measure_dataset(model, base, num_images=min(size, len(base)), seed=seed)]
 
@@ -373,22 +375,19 @@ def concept_names(model: Any) -> list[str]:
     return list(names) if names else [f"concept_{i}" for i in range(model.cfg.num_concepts)]
 
 
-def predicts_concepts(model: Any) -> bool:
-    """MCM and the supervised reference give concept logits; MAE, MiCL and Latent MIM do not."""
-    return callable(getattr(model, "predict_concepts", None))
+def has_capability(model: Any, capability: str) -> bool:
+    """Whether ``model`` has ``capability`` (``mcm_core.models.capabilities``; imported when a command runs)."""
+    from mcm_core.models.capabilities import has
+
+    return has(model, capability)
 
 
 def no_reconstruction(model: Any) -> str | None:
     """Why reconstruction metrics do not apply to ``model``, or None when they do."""
-    if not callable(getattr(model, "forward_decoder", None)):
-        return f"no reconstruction metrics: {type(model).__name__} has no pixel decoder"
-    if getattr(model.cfg, "norm_pix_loss", False):
-        return "no reconstruction metrics: the model predicts normalized pixels (norm_pix_loss)"
-    return None
+    from mcm_core.models.capabilities import pixel_problem
 
-
-def is_concept_model(model: Any) -> bool:
-    return callable(getattr(model, "predict_concepts", None)) and callable(getattr(model, "edit", None))
+    why = pixel_problem(model)
+    return None if why is None else f"no reconstruction metrics: {why}"
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
@@ -472,7 +471,7 @@ class RunEvaluator:
         metrics: dict[str, Any] = {"split": self.split, "num_images": len(data), "notes": []}
         if self.split != "val":
             metrics["notes"].append(f"{self.cfg.dataset} has no val split; evaluated on {self.split}")
-        if predicts_concepts(model):
+        if has_capability(model, "uses_concepts"):
             metrics["concepts"] = concept_metrics_dict(*concept_report(model, data))
         if (why := no_reconstruction(model)) is not None:
             metrics["notes"].append(why)
@@ -642,20 +641,18 @@ def run_eval(args: argparse.Namespace) -> int:
     size = args.size if args.size is not None else int(info.train.get("config", {}).get("eval_size", 1000))
     if size < 1 or args.train_size < 1:
         raise UsageError(f"--size and --train-size must be at least 1, got {size} and {args.train_size}")
-    if args.edit and not is_concept_model(model):
+    if args.edit and not has_capability(model, "can_edit"):
         raise UsageError(f"--edit needs an MCM checkpoint; {path} holds a {info.method!r} model")
     data = limit(dataset, size)
-    ratio = model.cfg.mask_ratio if args.mask_ratio is None else args.mask_ratio
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--mask-ratio must be in [0, 1), got {ratio}")
+    ratio = check_mask_ratio(model.cfg.mask_ratio if args.mask_ratio is None else args.mask_ratio, "--mask-ratio")
     step = info.train.get("step")
     print(f"checkpoint: {path} ({info.method}, step {step})")
     print(f"data: {name} {args.split}, {len(data)} images")
     metrics: dict[str, Any] = {"checkpoint": str(path), "method": info.method, "step": step, "dataset": name,
                                "split": args.split, "num_images": len(data), "notes": []}
-    if predicts_concepts(model) and not labelled(dataset):
+    if has_capability(model, "uses_concepts") and not labelled(dataset):
         metrics["notes"].append(f"no concept metrics: {name} has no labels")
-    elif predicts_concepts(model):
+    elif has_capability(model, "uses_concepts"):
         with stage(f"concept metrics on {len(data)} images"):
             report, class_accuracy = concept_report(model, limit(as_concepts(dataset, model, "concept metrics"), size),
                                                     prior_threshold=args.prior_threshold)
@@ -760,14 +757,13 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch
 
     model, info, path = load_model(args)
-    if not is_concept_model(model):
+    if not has_capability(model, "can_edit"):
         raise UsageError(f"edit needs an MCM checkpoint; {path} holds a {info.method!r} model")
     k = resolve_concept(model, args.concept)
     name = concept_names(model)[k]
     if args.count < 1:
         raise UsageError(f"--count must be at least 1, got {args.count}")
-    if not 0.0 <= args.mask_ratio < 1.0:
-        raise UsageError(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    check_mask_ratio(args.mask_ratio, "--mask-ratio")
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")

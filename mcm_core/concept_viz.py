@@ -105,9 +105,10 @@ def read_concepts(model: nn.Module, images: torch.Tensor, mask_ratio: float = 0.
     Returns:
         A :class:`ConceptReadout` on the CPU. Memory: ``depth * N * K * (L + D)`` floats.
     """
-    from mcm_core.evaluate import check_image_batch, eval_mode, model_device, require_method
+    from mcm_core.evaluate import check_image_batch, eval_mode, model_device
+    from mcm_core.models.capabilities import require
 
-    require_method(model, "layer_logits", "concept read-outs need an MCM model (build_model('mcm'))")
+    require(model, "can_edit", "concept read-outs need an MCM model (build_model('mcm'))")
     check_image_batch(images)
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -15,6 +15,10 @@ from typing import Any
 
 import yaml
 
+from mcm_core.choices import (
+    AFFINITIES, DATASET_NAMES, MASKINGS, MODEL_NAMES, PRECISIONS, check_mask_ratio, one_of,
+)
+
 # Numeric fields and the values they accept: (lowest, highest, lowest allowed?, highest allowed?).
 BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     **{name: (1, math.inf, True, False) for name in ("steps", "batch_size", "log_every", "eval_size",
@@ -45,12 +49,13 @@ def opt(default: Any, help: str) -> Any:
 class TrainConfig:
     """Everything one training run needs. Field help texts double as CLI documentation."""
 
-    method: str = opt("mcm", "model name: mae, mcm, micl, latent_mim, supervised (see mcm_core.models.model_names())")
+    method: str = opt("mcm", f"model name: {', '.join(MODEL_NAMES)} (see mcm_core.models.model_names())")
     preset: str = opt("tiny", "backbone preset: tiny (CPU, 32 px), small, base (ViT-B/16, 224 px), large (ViT-L/16)")
     model: dict = opt({}, "overrides of the model config, e.g. {norm_pix_loss: true, pairing: sequential}")
-    dataset: str = opt("shapes", "data set name: shapes, fashion_mnist, digits, celeba, folder")
+    dataset: str = opt("shapes", f"data set name: {', '.join(DATASET_NAMES)}")
     data: dict = opt({}, "options for load_dataset, e.g. {root: /path, image_size: 32}")
-    masking: str = opt("random", "masking strategy: random, block, hierarchical (evolved, from the EMA encoder)")
+    masking: str = opt("random", f"masking strategy: {', '.join(MASKINGS)} (hierarchical: evolved, from the EMA "
+                       "encoder)")
     mask_ratio: float = opt(0.25, "fraction of patches hidden during training, in [0, 1)")
     mask_ratio_max: float = opt(0.0, "when above mask_ratio, every step draws its mask ratio uniformly from "
                                 "[mask_ratio, mask_ratio_max] (the decoder learns to lean on the concept tokens "
@@ -88,19 +93,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}; e.g. 0.25 for MCM, 0.75 for MAE")
+        check_mask_ratio(self.mask_ratio, hint="e.g. 0.25 for MCM, 0.75 for MAE")
         if self.mask_ratio_max and not self.mask_ratio <= self.mask_ratio_max < 1.0:
             raise ValueError(f"mask_ratio_max must be 0 (off) or in [mask_ratio, 1) = [{self.mask_ratio}, 1), got "
                              f"{self.mask_ratio_max}; e.g. mask_ratio=0.25, mask_ratio_max=0.9")
         for name, bounds in BOUNDS.items():
             check_bounds(name, getattr(self, name), *bounds)
-        if self.masking not in ("random", "block", "hierarchical"):
-            raise ValueError(f"unknown masking {self.masking!r}; choose random, block or hierarchical")
-        if self.hierarchy_affinity not in ("tokens", "attention"):
-            raise ValueError(f"unknown hierarchy_affinity {self.hierarchy_affinity!r}; choose tokens or attention")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
+        for name, choices in (("masking", MASKINGS), ("hierarchy_affinity", AFFINITIES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose {one_of(choices)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,8 @@ Contents
 --------
 - Views: :func:`view_overlay`, :func:`show_views` (the two disjoint views of each image).
 - Similarity: :func:`plot_similarity_mapping` (the heavy-tailed similarity against the cosine),
-  :func:`plot_similarity_matrices` (view-1 x view-2 cosines of a batch).
+  :func:`plot_view_similarity` (view-1 x view-2 cosines of a batch; ``plot_similarity_matrices``
+  is its old name, kept for notebook 05 -- ``concept_viz.plot_similarity_matrices`` draws concept tokens).
 - Training: :func:`plot_loss_vs_chance` (the loss against ``ln(B)``),
   :func:`plot_similarity_gap` (positive and negative cosines, and their gap).
 - Sweeps: :func:`plot_keep_ratio_sweep` (kNN accuracy against the fraction of patches kept).
@@ -25,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from mcm_core.viz import as_images, as_mask, ema, image_rows, mask_overlay, to_numpy
 
 __all__ = [
-    "view_overlay", "show_views", "plot_similarity_mapping", "plot_similarity_matrices",
+    "view_overlay", "show_views", "plot_similarity_mapping", "plot_view_similarity",
     "plot_loss_vs_chance", "plot_similarity_gap", "plot_keep_ratio_sweep",
 ]
 
@@ -114,8 +115,8 @@ def plot_similarity_mapping(cosine: Any, curves: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def plot_similarity_matrices(matrices: Mapping[str, Any], vmin: float | None = None,
-                             vmax: float | None = None) -> Figure:
+def plot_view_similarity(matrices: Mapping[str, Any], vmin: float | None = None,
+                         vmax: float | None = None) -> Figure:
     """Heatmaps of (B, B) cosine matrices side by side, one shared colour bar.
 
     Entry ``(i, j)`` compares view 1 of image ``i`` with view 2 of image ``j``: positives lie
@@ -143,6 +144,9 @@ def plot_similarity_matrices(matrices: Mapping[str, Any], vmin: float | None = N
         ax.title.set_fontsize(9)
     fig.colorbar(image, ax=list(fig.axes), label="cosine similarity", shrink=0.9)
     return fig
+
+
+plot_similarity_matrices = plot_view_similarity  # the old name, still called by notebook 05
 
 
 # --------------------------------------------------------------------------- training

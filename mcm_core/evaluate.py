@@ -32,6 +32,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from mcm_core.choices import check_pool
+from mcm_core.models.capabilities import is_model, pixel_problem, require
+from mcm_core.models.registry import model_names
+
 __all__ = [
     "ConceptReport",
     "concept_metrics",
@@ -50,7 +54,6 @@ __all__ = [
 DataSource = Dataset | DataLoader | Iterable | tuple[Tensor, Tensor]
 METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 LABELS = {"accuracy": "acc", "precision": "prec", "recall": "rec", "f1": "f1", "auc": "auc"}
-POOLS = ("cls", "mean")
 
 
 # =========================================================================== helpers
@@ -110,12 +113,6 @@ def check_image_batch(images: Tensor, what: str = "images") -> None:
                          "stack a dataset's images with torch.stack([img for img, _ in dataset])")
     if images.shape[0] == 0:
         raise ValueError(f"{what} is empty; pass at least one image")
-
-
-def require_method(model: nn.Module, name: str, hint: str) -> None:
-    """Raise a TypeError naming what the model lacks and what to use instead."""
-    if not callable(getattr(model, name, None)):
-        raise TypeError(f"{type(model).__name__} has no {name}(); {hint}")
 
 
 def binary_targets(targets: Tensor, what: str = "targets") -> Tensor:
@@ -326,8 +323,8 @@ def predict_concepts(model: nn.Module, dataset_or_loader: DataSource, batch_size
     Returns:
         logits float (N, K) and targets float (N, K), both on the CPU.
     """
-    require_method(model, "predict_concepts", "concept logits need an MCM model (build_model('mcm')); "
-                   "for MAE use extract_features + linear_probe")
+    require(model, "uses_concepts", "concept logits need an MCM model (build_model('mcm')); "
+            "for MAE use extract_features + linear_probe")
     device = model_device(model, device)
     logits, targets = [], []
     with eval_mode(model):
@@ -341,12 +338,10 @@ def predict_concepts(model: nn.Module, dataset_or_loader: DataSource, batch_size
 
 # =========================================================================== reconstruction
 def check_pixel_model(model: nn.Module) -> None:
-    """Raise unless the model predicts raw pixels (``norm_pix_loss=False``)."""
-    require_method(model, "forward_decoder", "reconstruction metrics need an MAE-style model (mae or mcm)")
-    if getattr(model.cfg, "norm_pix_loss", False):
-        raise ValueError("reconstruction_metrics scores pixels, but this model was trained with "
-                         "norm_pix_loss=True and predicts per-patch normalized values; evaluate a model "
-                         "trained with norm_pix_loss=False")
+    """Raise unless the model predicts raw pixels (``reconstructs_pixels`` and ``norm_pix_loss=False``)."""
+    require(model, "reconstructs_pixels", "reconstruction metrics need an MAE-style model (mae or mcm)")
+    if (why := pixel_problem(model)) is not None:
+        raise ValueError(f"reconstruction_metrics scores pixels, but {why}")
 
 
 def reconstruction_metrics(model: nn.Module, images: Tensor, mask_ratio: float,
@@ -393,10 +388,11 @@ def extract_features(model: nn.Module, dataset_or_loader: DataSource, batch_size
     Returns:
         features float (N, D) and targets (N,) class indices or (N, K) concept labels, on the CPU.
     """
-    if pool not in POOLS:
-        raise ValueError(f"unknown pool {pool!r}; use one of {list(POOLS)}")
-    require_method(model, "features", "pass a model built with build_model(name) for a name in "
-                   "model_names(): mae, mcm, micl, latent_mim, supervised")
+    check_pool(pool)
+    if not is_model(model):
+        raise TypeError(f"{type(model).__name__} is not a model of mcm_core.models (it declares no capabilities "
+                        f"or lacks features()); pass a model built with build_model(name) for a name in "
+                        f"model_names(): {', '.join(model_names())}")
     device = model_device(model, device)
     features, targets = [], []
     with eval_mode(model):
@@ -511,8 +507,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 def check_edit_inputs(model: nn.Module, images: Tensor, concepts: Tensor,
                       concept_indices: list[int] | None) -> tuple[Tensor, list[int]]:
     """Validate the inputs of :func:`edit_success_rate`: -> long (N, K) labels, the concept indices."""
-    for name in ("edit", "predict_concepts", "make_mask"):
-        require_method(model, name, "edit success needs an MCM model (build_model('mcm'))")
+    require(model, "can_edit", "edit success needs an MCM model (build_model('mcm'))")
     check_image_batch(images)
     labels = binary_targets(torch.as_tensor(concepts).cpu(), "concepts").long()
     k = model.cfg.num_concepts

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -35,8 +34,11 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mcm_core.choices import check_mask_ratio
 from mcm_core.evaluate import binary_targets, check_image_batch, eval_mode, model_device
 from mcm_core.masking import num_hidden, random_mask
+from mcm_core.models.capabilities import pixel_problem, require
+from mcm_core.models.mcm import KEEP, EditsLike, concept_states
 from mcm_core.viz import CELL_INCHES, as_images, image_axes, mask_overlay, show_masked
 
 __all__ = [
@@ -45,58 +47,16 @@ __all__ = [
     "plot_interpolation", "plot_edit_grid", "plot_interpolation_curve",
 ]
 
-KEEP = -1  # concept state: leave the image's own concept token as it is
-StatesLike = Sequence[int] | Mapping[int, int] | Tensor
+StatesLike = EditsLike  # K states, {concept_index: state} or a (B, K) tensor; see concept_states
 
 
 # =========================================================================== validation
-def check_mask_ratio(mask_ratio: float, what: str = "mask_ratio") -> float:
-    """Return ``mask_ratio`` as a float, or raise unless it is a number in [0, 1)."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, Real) or not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"{what} must be a number in [0, 1), got {mask_ratio!r}; 1 would hide every patch "
-                         "and leave the encoder nothing to see (use e.g. 0.9)")
-    return float(mask_ratio)
-
-
 def check_mcm(model: nn.Module) -> None:
-    """Raise unless ``model`` is an MCM that decodes pixels (it can be edited and reconstructed)."""
-    for name in ("apply_edits", "edit_states", "predict_concepts", "forward_encoder", "composite"):
-        if not callable(getattr(model, name, None)):
-            raise TypeError(f"{type(model).__name__} has no {name}(); mask-ratio interpolation needs an MCM "
-                            "model (build_model('mcm') or load_checkpoint of an MCM run)")
-    if getattr(model.cfg, "norm_pix_loss", False):
-        raise ValueError("this model predicts per-patch normalized pixels (norm_pix_loss=True), which cannot be "
-                         "shown as images; use an MCM trained with norm_pix_loss=False")
-
-
-def concept_states(states: StatesLike, num_concepts: int, batch_size: int) -> Tensor:
-    """Normalize concept states to a long (B, K) tensor of -1 (keep), 0 or 1.
-
-    Args:
-        states: K values for every image (``[-1, 1, -1, ...]``), ``{concept_index: 0 or 1}``
-            (the others kept), or a (B, K) tensor.
-    """
-    if isinstance(states, Mapping):
-        out = torch.full((num_concepts,), KEEP, dtype=torch.long)
-        for index, value in states.items():
-            if not 0 <= int(index) < num_concepts:
-                raise ValueError(f"concept index {index} out of range; this model has {num_concepts} concepts "
-                                 f"(indices 0 to {num_concepts - 1})")
-            out[int(index)] = int(value)
-    else:
-        out = torch.as_tensor(states).long() if not isinstance(states, Tensor) else states.long()
-    if out.ndim == 1:
-        if out.shape[0] != num_concepts:
-            raise ValueError(f"got {out.shape[0]} concept states but the model has {num_concepts} concepts; "
-                             "pass one state per concept (-1 = keep, 0 = off, 1 = on)")
-        out = out.expand(batch_size, -1)
-    if tuple(out.shape) != (batch_size, num_concepts):
-        raise ValueError(f"concept states must have shape (K,) = ({num_concepts},) or (B, K) = "
-                         f"{(batch_size, num_concepts)}, got {tuple(out.shape)}")
-    if not bool(((out >= KEEP) & (out <= 1)).all()):
-        raise ValueError("concept states must be -1 (keep), 0 (off) or 1 (on), got values "
-                         f"{sorted(set(out.unique().tolist()))}")
-    return out.clone()
+    """Raise unless ``model`` can edit its concept tokens and decodes pixels (it can be edited and shown)."""
+    require(model, "can_edit", "mask-ratio interpolation needs an MCM model (build_model('mcm') or "
+            "load_checkpoint of an MCM run)")
+    if (why := pixel_problem(model)) is not None:
+        raise ValueError(why)
 
 
 def describe_states(states: StatesLike, concept_names: Sequence[str]) -> str:

@@ -33,11 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mcm_core.choices import MASKINGS, check_mask_ratio
+
 __all__ = [
     "num_hidden",
     "random_mask",
     "block_mask",
     "ids_from_mask",
+    "check_mask",
     "MaskStrategy",
     "RandomMasker",
     "BlockMasker",
@@ -81,9 +84,20 @@ def num_hidden(num_patches: int, mask_ratio: float) -> int:
     """
     if int(num_patches) != num_patches or num_patches < 1:
         raise ValueError(f"num_patches must be a positive int, got {num_patches!r}")
-    if not (0.0 <= float(mask_ratio) < 1.0):  # also rejects NaN
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}; use a value like 0.75")
-    return min(max(int(round(num_patches * float(mask_ratio))), 0), int(num_patches) - 1)
+    mask_ratio = check_mask_ratio(mask_ratio)
+    return min(max(int(round(num_patches * mask_ratio)), 0), int(num_patches) - 1)
+
+
+def check_mask(mask: Tensor, batch_size: int, num_patches: int) -> None:
+    """Raise unless ``mask`` is a bool (B, L) tensor with B = ``batch_size`` and L = ``num_patches`` (True = hidden).
+
+    The one check of a mask a caller hands a model (its hidden counts are checked where they are used).
+    """
+    expected = (batch_size, num_patches)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got {got}; "
+                         "build one with mcm_core.masking")
 
 
 # --------------------------------------------------------------------------- random numbers
@@ -658,11 +672,9 @@ class BlockMasker:
         return block_mask(batch_size, self.grid, mask_ratio, generator=generator, device=device, **self.options)
 
 
-MASKERS: dict[str, Callable[..., MaskStrategy]] = {
-    "random": RandomMasker,
-    "block": BlockMasker,
-    "hierarchical": HierarchicalMasker,
-}
+# Keyed by the names config.py validates (mcm_core.choices.MASKINGS), in their order.
+MASKERS: dict[str, Callable[..., MaskStrategy]] = dict(
+    zip(MASKINGS, (RandomMasker, BlockMasker, HierarchicalMasker), strict=True))
 
 
 def make_masker(name: str, grid: Sequence[int], **options: Any) -> MaskStrategy:

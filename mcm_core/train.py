@@ -41,12 +41,11 @@ from mcm_core.config import TrainConfig, config_changes
 from mcm_core.data import load_dataset
 from mcm_core.data.shapes_render import u8_to_float
 from mcm_core.masking import make_masker
-from mcm_core.models import build_model
+from mcm_core.models import build_model, has
 from mcm_core.models.mae import ModelOutput
 from mcm_core.models.mcm import check_binary_concepts
+from mcm_core.models.schedules import cosine_schedule, ema_update
 from mcm_core.runs import HISTORY_NAME, StopSignals, TrainingInterrupted, clean_stale_temporaries
-
-CONCEPT_METHODS = ("mcm", "supervised")  # methods trained with concept labels
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
@@ -139,11 +138,11 @@ class OneHotTargets(Dataset):
 
 
 def training_data(cfg: TrainConfig, split: str = "train") -> Dataset:
-    """The data set of ``cfg``; class labels become one-hot concepts for concept models."""
+    """The data set of ``cfg``; class labels become one-hot concepts for models that use concepts."""
     dataset = load_dataset(cfg.dataset, split=split, **cfg.data)
-    if cfg.method in CONCEPT_METHODS and not hasattr(dataset, "concept_names"):
+    if has(cfg.method, "uses_concepts") and not hasattr(dataset, "concept_names"):
         if not hasattr(dataset, "classes"):
-            raise ValueError(f"MCM needs concept labels, and data set {cfg.dataset!r} has none; "
+            raise ValueError(f"{cfg.method} needs concept labels, and data set {cfg.dataset!r} has none; "
                              "use shapes, celeba, or a class-labelled set (classes become one-hot concepts)")
         dataset = OneHotTargets(dataset)
     return dataset
@@ -154,7 +153,7 @@ def model_for_data(cfg: TrainConfig, dataset: Dataset) -> nn.Module:
     overrides = dict(cfg.model)
     image = dataset[0][0]
     overrides.setdefault("img_size", int(image.shape[-1]))
-    if cfg.method in CONCEPT_METHODS:
+    if has(cfg.method, "uses_concepts"):
         names = list(dataset.concept_names)
         overrides.setdefault("num_concepts", len(names))
         overrides.setdefault("concept_names", names)
@@ -196,16 +195,8 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        floor = cfg.min_lr / cfg.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cosine_schedule(progress, 1.0, cfg.min_lr / cfg.lr)
     return factor
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
-    """ema <- momentum * ema + (1 - momentum) * online, for every parameter."""
-    ema_params, online_params = list(ema.parameters()), list(online.parameters())
-    torch._foreach_lerp_(ema_params, online_params, 1 - momentum)
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -303,7 +294,7 @@ class Trainer:
             self.step_fn = torch.compile(self.model)
         self.out_dir = Path(cfg.out_dir)
         self.step, self.history, self.evaluations = 0, [], []
-        self.is_concept_model = cfg.method in CONCEPT_METHODS
+        self.uses_concepts = has(self.unwrapped, "uses_concepts")  # concept targets go into the model
         self.counterfactual = getattr(self.unwrapped.cfg, "counterfactual_weight", 0.0) > 0
         if self.counterfactual and not callable(getattr(self.dataset, "counterfactuals", None)):
             raise ValueError(f"model.counterfactual_weight > 0 needs a data set that renders counterfactual images "
@@ -402,7 +393,7 @@ class Trainer:
         """
         ratio = self.step_mask_ratio()
         mask = self.make_mask(images, ratio)
-        concepts = targets if self.is_concept_model else None
+        concepts = targets if self.uses_concepts else None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
         # A second per-(seed, step, rank) stream for any randomness a model draws itself (e.g. MiCL's views).
         generator = torch.Generator(device=images.device).manual_seed(
@@ -431,9 +422,8 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             ema_update(self.ema, self.unwrapped.encoder, self.cfg.ema_momentum)
-        after_step = getattr(self.unwrapped, "after_step", None)
-        if after_step is not None:  # per-step model state, e.g. an EMA target encoder and its momentum schedule
-            after_step((self.step + 1) / self.cfg.steps)
+        # per-step model state, e.g. an EMA target encoder and its momentum schedule (a no-op for most models)
+        self.unwrapped.after_step((self.step + 1) / self.cfg.steps)
         return {"loss": out.loss.detach(), **{k: v.float() for k, v in out.losses.items()}, "grad_norm": grad_norm}
 
     # -- logging ---------------------------------------------------------
@@ -487,7 +477,7 @@ class Trainer:
             image, target = self.dataset[index]
             image_ok = bool(torch.isfinite(image).all()) and float(image.min()) >= 0 and float(image.max()) <= 1
             target = torch.as_tensor(target)
-            target_ok = not self.is_concept_model or bool(((target == 0) | (target == 1)).all())
+            target_ok = not self.uses_concepts or bool(((target == 0) | (target == 1)).all())
             if not (image_ok and target_ok):
                 bad.append(f"{paths[index]}" if paths is not None else f"index {index}")
         if not bad:
@@ -583,7 +573,7 @@ class Trainer:
         with StopSignals(announce=bar.write) as stop:
             for images, targets in self.batches(until):
                 if self.step == first_step:
-                    check_batch(images, targets if self.is_concept_model else None)
+                    check_batch(images, targets if self.uses_concepts else None)
                 lr = self.optimizer.param_groups[0]["lr"]
                 pending.append((self.step, lr, self.checked_step(images, targets)))
                 self.step += 1

@@ -80,12 +80,12 @@ def test_similarity_mapping_one_line_per_curve():
 
 def test_similarity_matrices_report_the_gap_and_share_a_colour_bar():
     eye = torch.eye(4)
-    fig = cviz.plot_similarity_matrices({"untrained": torch.full((4, 4), 0.9), "trained": eye})
+    fig = cviz.plot_view_similarity({"untrained": torch.full((4, 4), 0.9), "trained": eye})
     assert len(fig.axes) == 3  # two heatmaps + one colour bar
     assert "0.000" in fig.axes[0].get_title() and "1.000" in fig.axes[1].get_title()
     assert fig.axes[2].get_ylabel() == "cosine similarity"
     with pytest.raises(ValueError, match="square"):
-        cviz.plot_similarity_matrices({"bad": torch.zeros(3, 4)})
+        cviz.plot_view_similarity({"bad": torch.zeros(3, 4)})
 
 
 # --------------------------------------------------------------------------- training

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
+from mcm_core.choices import DATASET_NAMES
 from mcm_core.data.real import CelebA, Digits, FashionMNIST, ImageFolder
 from mcm_core.data.shapes import (
     CONCEPT_NAMES, ShapesBatch, ShapesDataset, concept_frequencies, generate_shapes,
@@ -26,14 +27,9 @@ __all__ = [
     "ImageFolder",
 ]
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {
-    "shapes": ShapesDataset,
-    "fashion_mnist": FashionMNIST,
-    "digits": Digits,
-    "celeba": CelebA,
-    "folder": ImageFolder,
-}
-DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
+# Keyed by the names config.py and the CLI list (mcm_core.choices.DATASET_NAMES), in their order.
+_LOADERS: dict[str, Callable[..., Dataset]] = dict(
+    zip(DATASET_NAMES, (ShapesDataset, FashionMNIST, Digits, CelebA, ImageFolder), strict=True))
 
 
 def dataset_options(name: str) -> list[str]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from mcm_core.choices import AFFINITIES
 from mcm_core.masking import ids_from_mask
 
 
@@ -67,9 +68,6 @@ class BackboneConfig:
 
 
 # Presets: "tiny" trains on a laptop CPU; "base" is ViT-B/16 and "large" ViT-L/16 at the papers' scale.
-# Patch affinities the evolved hierarchical masker can build its trees from (ViTEncoder.patch_affinity).
-AFFINITIES = ("tokens", "attention")
-
 PRESETS: dict[str, dict] = {
     # tiny's decoder is half the encoder's width (MAE-B: 512 vs 768): it cuts a CPU step by a third.
     "tiny": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,

@@ -62,7 +62,6 @@ included); the mask token starts at zero. It implies the reference head (``targe
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -70,13 +69,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
-from mcm_core.masking import num_hidden, random_mask
+from mcm_core.masking import check_mask, num_hidden, random_mask
 from mcm_core.models.backbone import (
     BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids, sincos_pos_embed,
 )
+from mcm_core.models.capabilities import ImageModel
 from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput, known_hidden
 from mcm_core.models.mcm import ConceptDecoderBlock
 from mcm_core.models.registry import register_model
+from mcm_core.models.schedules import cosine_schedule, ema_update
 
 TARGETS = ("ema", "online", "stopgrad")
 LOSSES = ("infonce", "mse")
@@ -184,13 +185,12 @@ def check_hidden_count(hidden: int, num_patches: int, mask_ratio: float | str) -
 # ---------------------------------------------------------------------- schedules
 def ema_momentum(progress: float, start: float, end: float = 1.0) -> float:
     """Cosine momentum schedule: ``start`` at progress 0, ``end`` at progress 1 (BYOL's form)."""
-    progress = min(max(float(progress), 0.0), 1.0)
-    return end - (end - start) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine_schedule(float(progress), start, end)
 
 
 def similarity_target(progress: torch.Tensor, start: float, end: float) -> torch.Tensor:
     """The regularizer's target mean similarity: a cosine from ``start`` to ``end`` (tensor in, tensor out)."""
-    return end + (start - end) * 0.5 * (1 + torch.cos(math.pi * progress.clamp(0, 1)))
+    return cosine_schedule(progress, start, end)
 
 
 # ---------------------------------------------------------------------- loss and monitors
@@ -427,7 +427,7 @@ def hidden_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- the model
 @register_model("latent_mim")
-class LatentMIM(nn.Module):
+class LatentMIM(ImageModel):
     """Latent MIM: online encoder + projector on visible patches, EMA target on hidden patches, patch InfoNCE."""
 
     config_class = LatentMIMConfig
@@ -475,8 +475,7 @@ class LatentMIM(nn.Module):
 
     def scheduled_momentum(self) -> torch.Tensor:
         """The EMA momentum at the current progress, as a device scalar (read without a host sync)."""
-        end, start = self.cfg.momentum_end, self.cfg.momentum
-        return end - (end - start) * 0.5 * (1 + torch.cos(math.pi * self.progress))
+        return cosine_schedule(self.progress, self.cfg.momentum, self.cfg.momentum_end)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
@@ -488,11 +487,11 @@ class LatentMIM(nn.Module):
         self.progress.fill_(progress)
         if self.target_encoder is not None:
             m = ema_momentum(progress, self.cfg.momentum, self.cfg.momentum_end)
-            target, online = list(self.target_encoder.parameters()), list(self.encoder.parameters())
+            target, online = [self.target_encoder], [self.encoder]
             if self.target_projector is not None:
-                target += list(self.target_projector.parameters())
-                online += list(self.projector.parameters())
-            torch._foreach_lerp_(target, online, 1 - m)
+                target.append(self.target_projector)
+                online.append(self.projector)
+            ema_update(target, online, m)
 
     # ------------------------------------------------------------------ masking
     def resolve_mask(self, images: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
@@ -502,10 +501,7 @@ class LatentMIM(nn.Module):
             ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
             check_hidden_count(num_hidden(self.cfg.num_patches, ratio), self.cfg.num_patches, ratio)
             return random_mask(images.shape[0], self.cfg.num_patches, ratio, generator=generator, device=images.device)
-        expected = (images.shape[0], self.cfg.num_patches)
-        if mask.dtype != torch.bool or tuple(mask.shape) != expected:
-            raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got "
-                             f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
+        check_mask(mask, images.shape[0], self.cfg.num_patches)
         return mask.to(images.device)
 
     # ------------------------------------------------------------------ stages
@@ -651,13 +647,7 @@ class LatentMIM(nn.Module):
             terms["momentum"] = self.scheduled_momentum()
         return ModelOutput(loss=loss, losses=terms, mask=mask)
 
-    # ------------------------------------------------------------------ analysis
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen features of the online encoder on full images: (B, 3, H, W) -> (B, D) (``cls`` or ``mean``)."""
-        check_images(images, self.cfg)
-        tokens = self.encoder.forward_features(images)
-        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
-
+    # ------------------------------------------------------------------ analysis (features: the online encoder's)
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """Online encoder's patch tokens of full images, for per-image clustering: (B, 3, H, W) -> (B, L, D)."""
         check_images(images, self.cfg)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from mcm_core.masking import num_hidden, random_mask
+from mcm_core.masking import check_mask, num_hidden, random_mask
 from mcm_core.models.backbone import (
     BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids,
     masked_mean, sincos_pos_embed,
 )
+from mcm_core.models.capabilities import NORM_PIX_PROBLEM, ImageModel
 
 
 @dataclass
@@ -95,10 +96,11 @@ def known_hidden(cfg: MAEConfig, images: torch.Tensor, mask_ratio: float | None,
     return num_hidden(cfg.num_patches, cfg.mask_ratio if mask_ratio is None else mask_ratio)
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(ImageModel):
     """MAE: encoder on visible patches, light decoder with mask tokens, MSE on hidden patches."""
 
     config_class = MAEConfig
+    reconstructs_pixels = True
 
     def __init__(self, cfg: MAEConfig) -> None:
         super().__init__()
@@ -146,10 +148,7 @@ class MaskedAutoencoder(nn.Module):
         """The given mask (validated) or a fresh random one: bool (B, L)."""
         if mask is None:
             return self.make_mask(images, mask_ratio, generator)
-        expected = (images.shape[0], self.cfg.num_patches)
-        if mask.dtype != torch.bool or tuple(mask.shape) != expected:
-            raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got "
-                             f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
+        check_mask(mask, images.shape[0], self.cfg.num_patches)
         return mask.to(images.device)
 
     # ------------------------------------------------------------------ stages
@@ -229,8 +228,7 @@ class MaskedAutoencoder(nn.Module):
         Needs ``norm_pix_loss=False`` (normalized predictions have no pixel scale).
         """
         if self.cfg.norm_pix_loss:
-            raise ValueError("reconstructed images need a model trained with norm_pix_loss=False; "
-                             "this one predicts per-patch normalized pixels")
+            raise ValueError(NORM_PIX_PROBLEM)
         patches = torch.where(mask.unsqueeze(-1), pred, self.patchify(images))
         return self.unpatchify(patches).clamp(0, 1)
 
@@ -241,12 +239,6 @@ class MaskedAutoencoder(nn.Module):
         """Fill the hidden patches: -> (images (B, 3, H, W), mask (B, L))."""
         encoded = self.forward_encoder(images, mask_ratio, generator, mask)
         return self.composite(images, self.forward_decoder(encoded), encoded.mask), encoded.mask
-
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen-feature read-out on full images: (B, 3, H, W) -> (B, D) (``cls`` or ``mean`` of patches)."""
-        check_images(images, self.cfg)
-        tokens = self.encoder.forward_features(images)
-        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
     def visible_count(self, mask_ratio: float) -> int:
         """Number of patches the encoder sees at ``mask_ratio``."""

@@ -13,6 +13,7 @@ Every choice the paper leaves open is a config switch, marked "(our choice)".
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ from mcm_core.models.backbone import init_weights
 from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
 from mcm_core.models.mae import EncoderOutput, MAEConfig, MaskedAutoencoder, ModelOutput
 
+KEEP = -1  # edit state: leave the image's own concept token as it is (0 / 1: write that state)
+EditsLike = Mapping[int, int] | Sequence[int] | torch.Tensor
 PAIRINGS = ("mirror", "sequential")
 MERGES = ("concat", "mean")
 CONCEPT_HEADS = ("states", "linear")
@@ -102,6 +105,41 @@ def check_binary_concepts(concepts: torch.Tensor) -> None:
         bad = sorted({round(float(v), 4) for v in concepts[(concepts != 0) & (concepts != 1)][:100].tolist()})
         raise ValueError(f"concept targets must be 0 or 1, got values such as {bad[:3]}; threshold "
                          "soft labels (concepts > 0.5).float() and map -1/1 labels with (labels > 0).float()")
+
+
+def concept_states(edits: EditsLike, num_concepts: int, batch_size: int,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Normalize concept edits to a new long (B, K) tensor of -1 (``KEEP``), 0 or 1.
+
+    Args:
+        edits: ``{concept_index: state}`` for every image (the other concepts kept), K states for
+            every image (a list or a (K,) tensor), or a (B, K) tensor.
+        device: where the result lives (default: the edits' device; the CPU for a dict or a list).
+    """
+    if isinstance(edits, Mapping):
+        states = torch.full((num_concepts,), KEEP, dtype=torch.long)
+        for index, value in edits.items():
+            if not 0 <= int(index) < num_concepts:
+                raise ValueError(f"concept index {index} out of range; this model has {num_concepts} concepts "
+                                 f"(indices 0 to {num_concepts - 1})")
+            if value not in (KEEP, 0, 1):
+                raise ValueError(f"concept {index}: a state must be -1 (leave the concept alone), 0 or 1, "
+                                 f"got {value!r}")
+            states[int(index)] = int(value)
+    else:
+        states = torch.as_tensor(edits)
+    if states.ndim == 1:
+        if states.shape[0] != num_concepts:
+            raise ValueError(f"got {states.shape[0]} concept states but the model has {num_concepts} concepts; "
+                             "pass one state per concept (-1 = keep, 0 = off, 1 = on)")
+        states = states.expand(batch_size, -1)
+    if tuple(states.shape) != (batch_size, num_concepts):
+        raise ValueError(f"concept states must have shape (K,) = ({num_concepts},) or (B, K) = "
+                         f"{(batch_size, num_concepts)}, got {tuple(states.shape)}")
+    if not bool(((states == KEEP) | (states == 0) | (states == 1)).all()):
+        raise ValueError(f"concept state values must be -1 (leave the concept alone), 0 or 1, got "
+                         f"{sorted(set(states.flatten().tolist()))[:5]}")
+    return states.to(device=device, dtype=torch.long).clone()
 
 
 def concept_map(depth: int, pairing: str) -> list[tuple[int, int]]:
@@ -185,6 +223,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
     """MCM: MAE + concept tokens updated at every encoder layer + a concept-map decoder."""
 
     config_class = MCMConfig
+    uses_concepts = True
+    can_edit = True
 
     def __init__(self, cfg: MCMConfig) -> None:
         super().__init__(cfg)
@@ -307,23 +347,10 @@ class MultiLayerConceptMap(MaskedAutoencoder):
             check_binary_concepts(concepts)
         return concepts.float()
 
-    def edit_states(self, edits: dict[int, int] | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Normalize edits to a long (B, K) tensor: -1 = leave the concept alone, 0/1 = write that state."""
-        if isinstance(edits, torch.Tensor):
-            if tuple(edits.shape) != (batch_size, self.cfg.num_concepts):
-                raise ValueError(f"edit tensor must have shape {(batch_size, self.cfg.num_concepts)}, got {tuple(edits.shape)}")
-            if not ((edits == -1) | (edits == 0) | (edits == 1)).all():
-                raise ValueError(f"edit tensor values must be -1 (leave the concept alone), 0 or 1, got "
-                                 f"{sorted(set(edits.flatten().tolist()))[:5]}")
-            return edits.to(device=device, dtype=torch.long)
-        states = torch.full((batch_size, self.cfg.num_concepts), -1, dtype=torch.long, device=device)
-        for index, value in edits.items():
-            if not 0 <= int(index) < self.cfg.num_concepts:
-                raise ValueError(f"concept index {index} out of range; this model has {self.cfg.num_concepts} concepts")
-            if value not in (0, 1, True, False):
-                raise ValueError(f"concept {index}: a state must be 0 or 1, got {value!r}")
-            states[:, int(index)] = int(value)
-        return states
+    def edit_states(self, edits: EditsLike, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Normalize edits to a long (B, K) tensor on ``device``: -1 = leave the concept alone, 0/1 = write
+        that state (:func:`concept_states`)."""
+        return concept_states(edits, self.cfg.num_concepts, batch_size, device)
 
     def apply_edits(self, snapshots: list[torch.Tensor], states: torch.Tensor) -> list[torch.Tensor]:
         """Write state vectors into the edited tokens of every snapshot, keeping each token's norm.
@@ -342,12 +369,13 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         return edited
 
     @torch.no_grad()
-    def edit(self, images: torch.Tensor, edits: dict[int, int] | torch.Tensor, mask_ratio: float | None = None,
+    def edit(self, images: torch.Tensor, edits: EditsLike, mask_ratio: float | None = None,
              generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruct ``images`` (B, 3, H, W) with some concepts forced to a state.
 
         Args:
-            edits: ``{concept_index: 0 or 1}`` for every image, or a long (B, K) tensor (-1 = unchanged).
+            edits: ``{concept_index: 0 or 1}`` for every image, K states for every image, or a long (B, K)
+                tensor (-1 = unchanged); see :func:`concept_states`.
             mask_ratio: test-time mask ratio: low keeps the input, high lets the concepts dominate.
         Returns:
             (B, 3, H, W): visible patches from the input, hidden patches generated.

@@ -28,11 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from mcm_core.masking import num_hidden
+from mcm_core.masking import check_mask, num_hidden
 from mcm_core.models.backbone import BackboneConfig, ViTEncoder, check_images, gather_tokens
+from mcm_core.models.capabilities import ImageModel
 from mcm_core.models.mae import ModelOutput
 from mcm_core.models.registry import register_model
 
@@ -125,7 +125,7 @@ class MiCLConfig(BackboneConfig):
 
 
 @register_model("micl")
-class MaskedImageContrastive(nn.Module):
+class MaskedImageContrastive(ImageModel):
     """MiCL: two disjoint masked views per image, one shared encoder, symmetric InfoNCE on CLS tokens."""
 
     config_class = MiCLConfig
@@ -166,10 +166,7 @@ class MaskedImageContrastive(nn.Module):
         The count is read back only for CPU masks: on an accelerator it would stall the step
         (a host synchronization), so there it is trusted.
         """
-        expected = (batch_size, self.cfg.num_patches)
-        if mask.dtype != torch.bool or tuple(mask.shape) != expected:
-            raise ValueError(f"mask must be a bool tensor of shape {expected} (True = hidden), got "
-                             f"{mask.dtype} {tuple(mask.shape)}; build one with mcm_core.masking")
+        check_mask(mask, batch_size, self.cfg.num_patches)
         if mask.device.type == "cpu":
             counts = mask.sum(dim=1)
             if bool((counts != hidden).any()):
@@ -217,13 +214,6 @@ class MaskedImageContrastive(nn.Module):
         loss, monitors = self.forward_loss(z_a, z_b)
         hidden_a, hidden_b = self.view_masks(ids_a, ids_b)
         return ModelOutput(loss=loss, losses={"infonce": loss.detach(), **monitors}, mask=hidden_a & hidden_b)
-
-    # ------------------------------------------------------------------ analysis
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen-feature read-out on full images: (B, 3, H, W) -> (B, D) (``cls`` or ``mean`` of patches)."""
-        check_images(images, self.cfg)
-        tokens = self.encoder.forward_features(images)
-        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
 __all__ = ["MiCLConfig", "MaskedImageContrastive", "view_size", "heavy_tailed_similarity", "symmetric_info_nce"]

@@ -9,13 +9,19 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from mcm_core.models.backbone import PRESETS
+from mcm_core.models.capabilities import declared_capabilities
 
 MODELS: dict[str, type[nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make a model buildable as ``build_model(name, ...)``."""
+    """Class decorator: make a model buildable as ``build_model(name, ...)``.
+
+    The class must declare its capabilities (``mcm_core.models.capabilities``; subclass ``ImageModel``):
+    a TypeError names what it lacks.
+    """
     def add(cls: type[nn.Module]) -> type[nn.Module]:
+        declared_capabilities(cls)
         MODELS[name] = cls
         cls.method_name = name
         return cls

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from mcm_core.models.backbone import BackboneConfig, ViTEncoder, check_images
+from mcm_core.models.backbone import BackboneConfig, ViTEncoder
+from mcm_core.models.capabilities import ImageModel
 from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
 from mcm_core.models.mae import ModelOutput
 
@@ -32,10 +33,11 @@ class SupervisedConfig(BackboneConfig):
     mask_ratio: float = 0.0
 
 
-class SupervisedConcepts(nn.Module):
+class SupervisedConcepts(ImageModel):
     """ViT encoder on full images -> per-concept logits (B, K)."""
 
     config_class = SupervisedConfig
+    uses_concepts = True
 
     def __init__(self, cfg: SupervisedConfig) -> None:
         super().__init__()
@@ -51,12 +53,6 @@ class SupervisedConcepts(nn.Module):
                          generator: torch.Generator | None = None) -> torch.Tensor:
         """Concept logits (B, K) from full images (``mask_ratio`` is ignored)."""
         return self.features(images) @ self.head_weight.T + self.head_bias
-
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D) CLS (or mean-patch) feature of the full image."""
-        check_images(images, self.cfg)
-        tokens = self.encoder.forward_features(images)
-        return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None, concepts: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> ModelOutput:
