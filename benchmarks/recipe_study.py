@@ -66,6 +66,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr3e-3_cf": {"precision": "auto", "lr": 3e-3, "model": {"counterfactual_weight": 1.0}},
     "lr3e-3_range_cf": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
                         "model": {"counterfactual_weight": 1.0}},
+    # The paper's efficiency claim (results.md, issue 18 item 7): notebook 01's recipe at one fixed
+    # training mask ratio. At 0 nothing is hidden, so the pixel losses cover every patch (an autoencoder).
+    **{f"eff_m{round(100 * r)}": {"precision": "auto", "lr": 3e-3, "mask_ratio": r, "mask_ratio_max": 0.0,
+                                   "model": {"counterfactual_weight": 1.0}} for r in (0.0, 0.25, 0.5)},
 }
 
 
@@ -127,6 +131,17 @@ def run(name: str, seed: int, budget_s: float, split: str, num_images: int,
             or platform.machine(), "date": dt.date.today().isoformat(), **measured}
 
 
+def time_steps(names: list[str], seed: int, repeats: int) -> dict[str, float]:
+    """Median step seconds of each variant, measured side by side (variants alternate, ``repeats`` rounds),
+    so the ratios hold even when the machine's speed drifts."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for name in names:
+                times[name].append(step_seconds(variant_config(name, 10_000, seed, tmp)))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per variant, each measure as the values of its seeds."""
     def at(row: dict[str, Any], ratio: float, key: str) -> float:
@@ -148,6 +163,32 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"| {seeds(lambda r: r['images_per_s'], '{:.0f}')} | {seeds(lambda r: r['macro_f1'])} "
                      f"| {seeds(lambda r: at(r, 0.5, 'psnr'), '{:.1f}')} | {fid} | {edit} "
                      f"| {seeds(lambda r: r['edit_success_075'])} |")
+    return "\n".join(lines)
+
+
+def efficiency_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the efficiency runs (``eff_m*`` variants, fixed step counts): one row per (training
+    mask ratio, step count), the seeds' values side by side, and each ratio's step time from the
+    side-by-side timing row (``--time-steps``) relative to mask 0."""
+    timing = next((r["step_seconds"] for r in reversed(rows) if "step_seconds" in r), {})
+    runs = [r for r in rows if str(r.get("variant", "")).startswith("eff_m")]
+    head = ("| training mask ratio | steps | step time vs mask 0 | training time vs mask 0 at the most steps "
+            "| macro-F1 (seed 0 / 1) | noisy_background F1 | PSNR@0.5 (dB) | edit success@0.75 |\n"
+            "|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for variant, steps in sorted(dict.fromkeys((r["variant"], r["steps"]) for r in runs),
+                                 key=lambda key: (-key[1], key[0])):
+        group = sorted((r for r in runs if (r["variant"], r["steps"]) == (variant, steps)), key=lambda r: r["seed"])
+        cost = timing.get(variant, float("nan")) / timing.get("eff_m0", float("nan"))
+        wall = cost * steps / max(r["steps"] for r in runs)
+
+        def seeds(fn, fmt: str = "{:.3f}") -> str:
+            return " / ".join(fmt.format(fn(r)) for r in group)
+
+        psnr = seeds(lambda r: next(m["psnr"] for m in r["curve"] if abs(m["mask_ratio"] - 0.5) < 1e-9), "{:.1f}")
+        lines.append(f"| {group[0]['config'].get('mask_ratio', 0.0)} | {steps} | {cost:.2f}x | {wall:.2f}x "
+                     f"| {seeds(lambda r: r['macro_f1'])} | {seeds(lambda r: r['per_concept_f1']['noisy_background'], '{:.2f}')} "
+                     f"| {psnr} | {seeds(lambda r: r['edit_success_075'])} |")
     return "\n".join(lines)
 
 
@@ -190,14 +231,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="append one JSON line per run here")
     p.add_argument("--save-dir", type=Path, help="keep each run folder here, as <variant>_seed<seed>")
+    p.add_argument("--time-steps", type=int, metavar="REPEATS",
+                   help="only time one step of each variant, side by side (REPEATS alternating rounds), and exit")
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
     p.add_argument("--measure-runs", type=Path, nargs="+", metavar="RUN",
                    help="measure saved run folders (--save-dir) on --split instead of training; rows to --out")
     args = p.parse_args(argv)
     if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        efficiency = any(str(r.get("variant", "")).startswith("eff_m") for r in rows)
+        print(efficiency_table(rows) if efficiency else table(rows))
         return 0
     torch.set_num_threads(args.threads)
+    if args.time_steps:
+        step_s = time_steps(args.variants, args.seeds[0], args.time_steps)
+        emit({"step_seconds": step_s, "repeats": args.time_steps, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "date": dt.date.today().isoformat()}, args.out)
+        return 0
     if args.measure_runs:
         return measure_runs(args)
     rows = []

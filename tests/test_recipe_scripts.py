@@ -30,6 +30,23 @@ def test_recipe_study_trains_measures_and_tabulates(benchmark_script, tmp_path, 
         study.variant_config("nope", 1, 0, str(tmp_path))
 
 
+def test_efficiency_runs_are_timed_side_by_side_and_tabulated(benchmark_script, tmp_path, capsys):
+    """The efficiency claim's rows: step times measured alternately, fixed-step runs grouped by step count."""
+    study = benchmark_script("recipe_study")
+    out = tmp_path / "eff.jsonl"
+    assert study.main(["--variants", "eff_m0", "eff_m50", "--time-steps", "1", "--threads", "1",
+                       "--out", str(out)]) == 0
+    timing = json.loads(out.read_text())["step_seconds"]
+    assert set(timing) == {"eff_m0", "eff_m50"} and timing["eff_m50"] < timing["eff_m0"]  # half the patches
+    assert study.VARIANTS["eff_m0"]["mask_ratio"] == 0.0 and study.VARIANTS["eff_m50"]["mask_ratio_max"] == 0.0
+    assert study.main(["--variants", "eff_m50", "--seeds", "0", "--steps", "2", "--num-images", "16",
+                       "--threads", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert study.main(["--table", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| training mask ratio | steps | step time vs mask 0 |" in table and "| 0.5 | 2 |" in table
+
+
 def test_cpu_step_compare_runs_both_trees(benchmark_script, tmp_path):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode:
