@@ -42,6 +42,7 @@ from mcm_core.data import load_dataset
 from mcm_core.data.shapes_render import u8_to_float
 from mcm_core.masking import make_masker
 from mcm_core.models import build_model, has
+from mcm_core.models.backbone import check_image_values
 from mcm_core.models.mae import ModelOutput
 from mcm_core.models.mcm import check_binary_concepts
 from mcm_core.models.schedules import cosine_schedule, ema_update
@@ -475,10 +476,11 @@ class Trainer:
         bad = []
         for index in self.step_ids.ids(step):
             image, target = self.dataset[index]
-            image_ok = bool(torch.isfinite(image).all()) and float(image.min()) >= 0 and float(image.max()) <= 1
-            target = torch.as_tensor(target)
-            target_ok = not self.uses_concepts or bool(((target == 0) | (target == 1)).all())
-            if not (image_ok and target_ok):
+            try:  # the model's own value checks, on one image
+                check_image_values(image[None])
+                if self.uses_concepts:
+                    check_binary_concepts(torch.as_tensor(target)[None])
+            except ValueError:
                 bad.append(f"{paths[index]}" if paths is not None else f"index {index}")
         if not bad:
             return None
