@@ -46,12 +46,20 @@ from mcm_core.train import Trainer, fit  # noqa: E402
 TODAY: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "mask_ratio": 0.5, "warmup_steps": 50,
                          "precision": "fp32"}
 
+# Notebook 01's recipe (the reference checkpoint trains the same for 3,500 steps).
+NOTEBOOK01: dict[str, Any] = {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
+                              "model": {"counterfactual_weight": 1.0}}
+
+
+def on_notebook01(model: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """Notebook 01's recipe with ``fields`` (TrainConfig) and ``model`` (model-config) changes on top."""
+    return {**NOTEBOOK01, **fields, "model": {**NOTEBOOK01["model"], **(model or {})}}
+
+
 # name: overrides of TODAY (TrainConfig fields; "model" entries are model-config overrides).
 VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
-    # Notebook 01's recipe (the reference checkpoint trains the same for 4,000 steps).
-    "notebook01": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
-                   "model": {"counterfactual_weight": 1.0}},
+    "notebook01": NOTEBOOK01,
     "fast": {"precision": "auto"},  # bf16 autocast + explicit attention on a bf16-capable CPU
     "lr3e-3": {"precision": "auto", "lr": 3e-3},
     "lr3e-3_range": {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9},
@@ -70,6 +78,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # training mask ratio. At 0 nothing is hidden, so the pixel losses cover every patch (an autoencoder).
     **{f"eff_m{round(100 * r)}": {"precision": "auto", "lr": 3e-3, "mask_ratio": r, "mask_ratio_max": 0.0,
                                    "model": {"counterfactual_weight": 1.0}} for r in (0.0, 0.25, 0.5)},
+    # The second search (2026-12-07), each one change on top of notebook 01's recipe: the schedule's shape
+    # (no decay; a 10-step warm-up), the balance of the losses (concept losses x0.1, so the pixel losses
+    # shape the encoder), the patch embedding's learning rate (x3, x10: the noise texture is a faint
+    # pixel statistic), and a shallower, faster encoder (depth 4, decoder 2: more steps in the same time).
+    "nb01_const": on_notebook01(min_lr=3e-3),
+    "nb01_warm10": on_notebook01(warmup_steps=10),
+    "nb01_cw01": on_notebook01(model={"concept_weight": 0.1, "aux_concept_weight": 0.05}),
+    "nb01_embed3": on_notebook01(patch_embed_lr_scale=3.0),
+    "nb01_embed10": on_notebook01(patch_embed_lr_scale=10.0),
+    "nb01_d4": on_notebook01(model={"depth": 4}),
 }
 
 
@@ -110,12 +128,12 @@ def measure(model: torch.nn.Module, split: str, num_images: int, seed: int) -> d
 
 
 def run(name: str, seed: int, budget_s: float, split: str, num_images: int,
-        save_dir: Path | None = None, fixed_steps: int | None = None) -> dict[str, Any]:
+        save_dir: Path | None = None, fixed_steps: int | None = None, step_s: float | None = None) -> dict[str, Any]:
     """Calibrate, train for the budget (or exactly ``fixed_steps``), measure: one result row (the run
-    folder kept under ``save_dir``)."""
+    folder kept under ``save_dir``). A known ``step_s`` (timed side by side, ``--timing``) skips the
+    calibration, so a run's step count does not depend on the machine's load while it trains."""
     with tempfile.TemporaryDirectory() as tmp:
-        probe = variant_config(name, 10_000, seed, tmp)
-        per_step = step_seconds(probe)
+        per_step = step_s or step_seconds(variant_config(name, 10_000, seed, tmp))
         steps = fixed_steps or max(20, int(budget_s / per_step))
         cfg = variant_config(name, steps, seed, tmp)
         start = time.perf_counter()
@@ -220,6 +238,27 @@ def measure_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def known_steps(args: argparse.Namespace) -> dict[str, tuple[int | None, float]]:
+    """variant -> (step count or None, step seconds) from ``--timing`` or ``--steps-like`` (empty without)."""
+    source = args.timing or args.steps_like
+    if source is None:
+        return {}
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    if args.timing:
+        timing = next((r["step_seconds"] for r in reversed(rows) if "step_seconds" in r), None)
+        if timing is None or any(name not in timing for name in args.variants):
+            raise SystemExit(f"{source} has no --time-steps row timing all of {args.variants}; time them first: "
+                             f"--time-steps 3 --variants {' '.join(args.variants)} --out {source}")
+        return {name: (args.steps, timing[name]) for name in args.variants}
+    first = {}
+    for row in rows:
+        first.setdefault(row.get("variant"), (row.get("steps"), row.get("step_s")))
+    missing = [name for name in args.variants if name not in first]
+    if missing:
+        raise SystemExit(f"{source} has no run of {missing}; replicate only variants it holds")
+    return {name: first[name] for name in args.variants}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"from {sorted(VARIANTS)}")
@@ -233,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-dir", type=Path, help="keep each run folder here, as <variant>_seed<seed>")
     p.add_argument("--time-steps", type=int, metavar="REPEATS",
                    help="only time one step of each variant, side by side (REPEATS alternating rounds), and exit")
+    p.add_argument("--timing", type=Path, metavar="FILE",
+                   help="take each variant's step time from the last --time-steps row of FILE (steps = budget / "
+                        "step time) instead of calibrating each run")
+    p.add_argument("--steps-like", type=Path, metavar="FILE",
+                   help="replicate runs of FILE: each variant trains the step count of its first row there, "
+                        "with that row's step time")
     p.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
     p.add_argument("--measure-runs", type=Path, nargs="+", metavar="RUN",
                    help="measure saved run folders (--save-dir) on --split instead of training; rows to --out")
@@ -250,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.measure_runs:
         return measure_runs(args)
+    known = known_steps(args)
     rows = []
     for name in args.variants:
+        steps, step_s = known.get(name, (args.steps, None))
         for seed in args.seeds:
-            rows.append(emit(run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir, args.steps),
+            rows.append(emit(run(name, seed, args.budget_s, args.split, args.num_images, args.save_dir, steps, step_s),
                              args.out))
     print(table(rows))
     return 0

@@ -27,6 +27,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
                                                        "eval_every", "seed", "weight_decay", "min_lr",
                                                        "grad_clip")},
     "lr": (0, math.inf, False, False),
+    "patch_embed_lr_scale": (0, math.inf, False, False),
     "beta1": (0, 1, True, False),
     "beta2": (0, 1, True, False),
     "ema_momentum": (0, 1, True, True),
@@ -68,6 +69,8 @@ class TrainConfig:
     beta2: float = opt(0.95, "AdamW beta2")
     warmup_steps: int = opt(50, "linear warm-up steps before the cosine decay")
     min_lr: float = opt(1e-5, "learning rate at the end of the cosine schedule")
+    patch_embed_lr_scale: float = opt(1.0, "learning rate of the patch embedding as a multiple of lr (faint pixel "
+                                      "statistics such as a noise texture are learned in that first layer)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this value (0 = off)")
     ema_momentum: float = opt(0.99, "momentum of the EMA encoder that drives hierarchical masking")
     hierarchy_min_nodes: int = opt(4, "hierarchical masking: number of tree nodes at the end of training")
@@ -243,11 +246,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 def config_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """What differs between two config dicts, ignoring ``RUNTIME_FIELDS``: ``["lr: 0.002 -> 0.001", ...]``.
 
-    A key missing on one side (e.g. a checkpoint from an older version) counts as a change.
+    A key missing on one side (e.g. a checkpoint from an older version) counts as a change, except a
+    ``TrainConfig`` field missing from ``saved`` that ``wanted`` leaves at its default: a field added
+    later keeps the old behaviour at its default.
     """
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}
     changes = []
     for key in sorted(set(saved) | set(wanted)):
         if key in RUNTIME_FIELDS:
+            continue
+        if key not in saved and key in defaults and wanted.get(key) == defaults[key]:
             continue
         before, after = saved.get(key, "<missing>"), wanted.get(key, "<missing>")
         if before != after:

@@ -179,15 +179,23 @@ def check_batch(images: torch.Tensor, concepts: torch.Tensor | None = None) -> N
 
 
 # ---------------------------------------------------------------------- optimization
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, tokens, embeddings and scalar parameters."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, patch_embed_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, tokens, embeddings and scalar parameters.
+
+    Each group carries ``decays`` (whether weight decay applies) and ``lr_scale``, its learning rate as a multiple of the schedule's. With
+    ``patch_embed_lr_scale`` != 1 the patch embeddings (``patch_embed`` parameters) get their own
+    group(s) at that scale, so the first layer can learn faint pixel statistics faster.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         skip = param.ndim <= 1 or any(key in name for key in ("token", "pos_embed", "state_embed", "concept_bias"))
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        embed = patch_embed_lr_scale != 1.0 and "patch_embed" in name
+        groups.setdefault((skip, embed), []).append(param)
+    return [{"params": groups.get((skip, embed), []), "weight_decay": 0.0 if skip else weight_decay,
+             "decays": not skip, "lr_scale": patch_embed_lr_scale if embed else 1.0}
+            for embed in ((False, True) if patch_embed_lr_scale != 1.0 else (False,)) for skip in (False, True)]
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -280,8 +288,11 @@ class Trainer:
         self.ema = None
         if cfg.masking == "hierarchical":
             self.ema = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2), fused=fused_adamw_supported(self.device))
+        groups = param_groups(self.model, cfg.weight_decay, cfg.patch_embed_lr_scale)
+        for group in groups:
+            group["lr"] = cfg.lr * group["lr_scale"]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                           fused=fused_adamw_supported(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.use_bf16 = use_bf16(cfg.precision, self.device)
         if world_size > 1:  # gradients averaged across processes in backward
@@ -342,6 +353,10 @@ class Trainer:
             raise ValueError(f"{path} was trained with other settings ({'; '.join(changes)}); resume with the "
                              "run's own config (its config.yaml), or allow the change explicitly "
                              "(fit(..., allow_config_change=True), CLI --allow-config-change)")
+        if len(info.train["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"{path} was trained with patch_embed_lr_scale="
+                             f"{info.train.get('config', {}).get('patch_embed_lr_scale', 1.0)}, which sets the optimizer's "
+                             "parameter groups; resume with that value (it cannot change within a run)")
         restore_optimizer(self.optimizer, {k: v for k, v in info.tensors.items() if k.startswith("optim.")},
                           info.train["optimizer"])
         if self.ema is not None:
@@ -356,10 +371,11 @@ class Trainer:
     def apply_optimizer_settings(self) -> None:
         """Set lr (on this step's place in the new schedule), weight decay and betas from ``cfg``."""
         cfg = self.cfg
-        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
-        lr = cfg.lr * lr_lambda(cfg)(self.scheduler.last_epoch)
-        for group, decay in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # see param_groups
-            group.update(lr=lr, initial_lr=cfg.lr, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
+        factor = lr_lambda(cfg)(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
+        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.scheduler.base_lrs)):
+            decay = cfg.weight_decay if group.get("decays", i == 0) else 0.0  # see param_groups
+            group.update(lr=base * factor, initial_lr=base, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
 
     # -- one step --------------------------------------------------------
     def step_mask_ratio(self) -> float:

@@ -47,6 +47,24 @@ def test_efficiency_runs_are_timed_side_by_side_and_tabulated(benchmark_script, 
     assert "| training mask ratio | steps | step time vs mask 0 |" in table and "| 0.5 | 2 |" in table
 
 
+def test_runs_take_their_steps_from_a_timing_or_replicate_a_run(benchmark_script, tmp_path):
+    """--timing: steps = budget / the side-by-side step time, no calibration; --steps-like: a replicate
+    trains the step count of the variant's first run."""
+    study = benchmark_script("recipe_study")
+    timing = tmp_path / "timing.jsonl"
+    timing.write_text(json.dumps({"step_seconds": {"nb01_embed3": 0.1}}) + "\n")
+    out = tmp_path / "rows.jsonl"
+    common = ["--seeds", "1", "--num-images", "16", "--threads", "1", "--out", str(out)]
+    assert study.main(["--variants", "nb01_embed3", "--timing", str(timing), "--budget-s", "2.15", *common]) == 0
+    row = json.loads(out.read_text())
+    assert row["steps"] == 21 and row["step_s"] == 0.1 and row["config"]["patch_embed_lr_scale"] == 3.0
+    assert study.main(["--variants", "nb01_embed3", "--steps-like", str(out), *common]) == 0
+    again = json.loads(out.read_text().splitlines()[-1])
+    assert again["steps"] == 21 and again["step_s"] == 0.1
+    with pytest.raises(SystemExit, match="no --time-steps row timing"):
+        study.main(["--variants", "nb01_d4", "--timing", str(timing), *common])
+
+
 def test_cpu_step_compare_runs_both_trees(benchmark_script, tmp_path):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode:

@@ -65,6 +65,39 @@ def test_resume_with_other_settings_is_refused_unless_allowed(tmp_path):
     assert [r["lr"] for r in resumed.history[:3]] != pytest.approx([r["lr"] for r in fresh.history[:3]])
 
 
+def test_patch_embed_learning_rate_scale(tmp_path):
+    """patch_embed_lr_scale gives the patch embedding its own groups at that multiple of the schedule's lr,
+    survives a resume, and cannot change within a run."""
+    cfg = config(tmp_path, steps=4, lr=1e-3, patch_embed_lr_scale=3.0)
+    trainer = Trainer(cfg)
+    groups = trainer.optimizer.param_groups
+    embed = {id(p) for p in trainer.unwrapped.encoder.patch_embed.parameters()}
+    for group in groups:
+        in_embed = {id(p) in embed for p in group["params"]}
+        assert len(in_embed) == 1 and group["lr_scale"] == (3.0 if in_embed.pop() else 1.0)
+        assert group["lr"] == pytest.approx(group["lr_scale"] * 1e-3 * lr_lambda(cfg)(0))
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in trainer.unwrapped.parameters() if p.requires_grad)
+    fit(cfg)
+    resumed = Trainer(config(tmp_path, steps=6, lr=1e-3, patch_embed_lr_scale=3.0))
+    resumed.resume(tmp_path / "run" / "checkpoint.safetensors", allow_config_change=True)  # steps changed
+    lrs = sorted({round(g["lr"] / g["lr_scale"], 12) for g in resumed.optimizer.param_groups})
+    assert len(lrs) == 1 and lrs[0] == pytest.approx(1e-3 * lr_lambda(resumed.cfg)(4))
+    with pytest.raises(ValueError, match="patch_embed_lr_scale=3.0"):
+        Trainer(config(tmp_path, steps=6, lr=1e-3)).resume(tmp_path / "run" / "checkpoint.safetensors",
+                                                           allow_config_change=True)
+
+
+def test_a_setting_added_later_at_its_default_is_no_change():
+    """Checkpoints from before a TrainConfig field existed resume when the field keeps its default."""
+    from mcm_core.config import config_changes
+
+    saved = TrainConfig().to_dict()
+    del saved["patch_embed_lr_scale"]
+    assert config_changes(saved, TrainConfig().to_dict()) == []
+    assert config_changes(saved, TrainConfig(patch_embed_lr_scale=2.0).to_dict()) == [
+        "patch_embed_lr_scale: '<missing>' -> 2.0"]
+
+
 def test_same_seed_same_curve_other_seed_other_curve(tmp_path):
     a = fit(config(tmp_path / "a", method="mae", mask_ratio=0.75, steps=6))
     b = fit(config(tmp_path / "b", method="mae", mask_ratio=0.75, steps=6))
