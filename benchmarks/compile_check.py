@@ -51,17 +51,22 @@ METHODS = ("mae", "mcm", "micl", "latent_mim")
 
 
 # ---------------------------------------------------------------------- the GPU's code path
+def checked_files(package: Path) -> list[Path]:
+    """The modules whose CPU-only checks the GPU path skips: the models and the maskers."""
+    return [*sorted((package / "models").glob("*.py")), *sorted((package / "masking").glob("*.py"))]
+
+
 def gpu_path_copy(dest: Path, source: Path = ROOT / "mcm_core") -> int:
     """Copy the package to ``dest/mcm_core`` with its CPU-only checks off; -> how many were turned off."""
     package = dest / "mcm_core"
     shutil.copytree(source, package, ignore=shutil.ignore_patterns("__pycache__"))
     replaced = 0
-    for path in [*sorted((package / "models").glob("*.py")), package / "masking.py"]:
+    for path in checked_files(package):
         text, n = CPU_TEST.subn("False", path.read_text())
         path.write_text(text)
         replaced += n
     if replaced == 0:
-        raise RuntimeError("no `<tensor>.device.type == \"cpu\"` test found in mcm_core/models or masking.py: "
+        raise RuntimeError("no `<tensor>.device.type == \"cpu\"` test found in mcm_core/models or mcm_core/masking: "
                            "the models' CPU-only checks moved; update CPU_TEST in benchmarks/compile_check.py")
     return replaced
 

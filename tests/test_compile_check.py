@@ -9,7 +9,6 @@ import sys
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def check(benchmark_script):
     return benchmark_script("compile_check")
@@ -19,7 +18,7 @@ def test_the_gpu_path_copy_turns_off_every_cpu_only_check_and_still_imports(chec
     replaced = check.gpu_path_copy(tmp_path)
     package = tmp_path / "mcm_core"
     assert replaced >= 6  # the mask, concept and MiCL checks and the masker's exact compaction
-    for path in [*(package / "models").glob("*.py"), package / "masking.py"]:
+    for path in check.checked_files(package):
         assert not check.CPU_TEST.search(path.read_text()), path
     done = subprocess.run([sys.executable, "-c", "import mcm_core.models, mcm_core; print(mcm_core.__file__)"],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -31,7 +30,8 @@ def test_a_missing_check_pattern_is_an_error_that_says_what_to_update(check, tmp
     source = tmp_path / "src"
     (source / "models").mkdir(parents=True)
     (source / "models" / "m.py").write_text("x = 1\n")
-    (source / "masking.py").write_text("y = 2\n")
+    (source / "masking").mkdir()
+    (source / "masking" / "simple.py").write_text("y = 2\n")
     with pytest.raises(RuntimeError, match="update CPU_TEST"):
         check.gpu_path_copy(tmp_path / "dest", source=source)
 

@@ -17,6 +17,7 @@ from mcm_core.masking import (
     level_schedule,
     make_masker,
     mask_whole_nodes,
+    max_group_pairs,
     num_hidden,
     patch_labels_from_pixel_masks,
     random_mask,
@@ -300,18 +301,15 @@ def test_tree_matches_naive_average_linkage(adjacency):
 @pytest.mark.parametrize("grid", [(8, 8), (5, 7)])
 def test_host_bound_compaction_builds_the_same_trees_as_the_exact_one(adjacency, grid):
     """The GPU path pads compacted edges to a bound known on the host: same merges and heights, ties included."""
-    from mcm_core.masking import _agglomerate
-
     n = grid[0] * grid[1]
     for affinity in (rand_affinity(3, n, seed=7), (rand_affinity(3, n, seed=8) * 4).round()):  # many ties
-        exact, bound = (_agglomerate(affinity, grid, adjacency, exact=flag) for flag in (True, False))
+        exact, bound = (build_tree(affinity, grid, adjacency=adjacency, exact_width=flag) for flag in (True, False))
         assert torch.equal(exact.merges, bound.merges) and torch.equal(exact.heights, bound.heights)
+        assert torch.equal(exact.slots, bound.slots)
         assert torch.equal(exact.merges, build_tree(affinity, grid, adjacency=adjacency).merges)
 
 
 def test_group_pair_bound():
-    from mcm_core.masking import max_group_pairs
-
     assert [max_group_pairs(g, True) for g in (1, 2, 3, 4, 10)] == [0, 1, 3, 6, 24]  # planar: 3g - 6
     assert [max_group_pairs(g, False) for g in (1, 2, 3, 10)] == [0, 1, 3, 45]
 
