@@ -22,13 +22,11 @@ The paper's point is four ways this set-up collapses or learns nothing; each is 
 - a low ``mask_ratio``: hidden patches sit next to visible ones and are predicted by copying.
 - ``decoder="mae"``: MAE's decoder (mask tokens among the visible latents, self-attention only).
 
-Collapse monitors are returned in ``losses`` every step (so the trainer's history holds
-them): mean pairwise cosine of target, prediction and visible tokens, the effective rank
-of target and visible tokens, and the share of the target variance that patch position
-alone explains. They are batched, detached and never read back here. Measured at the
-tiny preset (notebook 06): latent MSE collapses to one direction (cosine and rank -> 1);
-without the EMA the InfoNCE is solved by position, the targets becoming a position code
-(position share -> 1) -- the within-image negatives all sit at other positions.
+Collapse monitors (:func:`collapse_monitors`) are returned in ``losses`` every step, so the
+trainer's history holds them. Measured at the tiny preset (notebook 06): latent MSE collapses to
+one direction (cosine and rank -> 1); without the EMA the InfoNCE is solved by position, the
+targets becoming a position code (position share -> 1) -- the within-image negatives all sit at
+other positions.
 
 Our choices (METHODS.md leaves them open; each is a switch):
 
@@ -38,13 +36,9 @@ Our choices (METHODS.md leaves them open; each is a switch):
 - **similarity regularizer** (off by default): ``sim_reg_weight x (s - s*(t))^2`` where ``s`` is
   the mean pairwise cosine of each image's *visible* online tokens and the target ``s*(t)``
   decays on a cosine from ``sim_reg_start`` (0.75) to ``sim_reg_end`` (0.25) over training.
-- **effective rank**: the participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues ``l``
-  of the L2-normalized tokens' Gram matrix: 1 when all tokens are parallel, up to ``D``.
-  It needs no eigendecomposition, so it never synchronizes a GPU.
-- **patch gaps** (off by default at this scale): with ``patch_gap=g`` the image is resized to
-  ``grid x (p + g)`` pixels and each ``p x p`` patch is cropped at a random offset inside its
-  ``(p + g)``-pixel cell, so neighbouring patches do not share borders. Frozen features are
-  read from plain images.
+- **effective rank**: a participation ratio, no eigendecomposition (:func:`effective_rank`).
+- **patch gaps** (off by default at this scale): ``patch_gap=g`` crops each patch at a random offset
+  inside a ``(p + g)``-pixel cell (:func:`gap_patches`). Frozen features are read from plain images.
 - ``loss="mse"`` regresses the raw target latents with the raw predictions (no
   standardization, no normalization): the naive latent regression the paper warns about.
 
@@ -58,6 +52,10 @@ projector LayerNorms with eps 1e-5; predictions standardized as ``(x - mean) / (
 std); the similarity regularizer on the predictions and the projected visible tokens (self-pairs
 included); the mask token starts at zero. It implies the reference head (``target_projector=True``,
 3 layers).
+
+This module holds the config and the model. The loss and the monitors are in ``latent_mim_losses``;
+patch gaps, the visual cue, position embeddings and the projector in ``latent_mim_layers``; this
+module re-exports all of them.
 """
 from __future__ import annotations
 
@@ -66,18 +64,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import Mlp
 
 from mcm_core.masking import check_mask, num_hidden, random_mask
+from mcm_core.models._registry import register_model
 from mcm_core.models.backbone import (
-    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids, sincos_pos_embed,
+    BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids,
 )
-from mcm_core.models.capabilities import ImageModel
-from mcm_core.models.mae import EncoderOutput, MaskedAutoencoder, ModelOutput, known_hidden
-from mcm_core.models.mcm import ConceptDecoderBlock
-from mcm_core.models.registry import register_model
-from mcm_core.models.schedules import cosine_schedule, ema_update
+from mcm_core.models.latent_mim_layers import (
+    build_projector, gap_patches, grid_pos_embed, hidden_ids, reference_cue_weights, visual_cue,
+    patch_coords,  # noqa: F401  (re-exported)
+)
+from mcm_core.models.latent_mim_losses import (
+    collapse_monitors, effective_rank, latent_mse, mean_cosine_with_self, mean_pairwise_cosine, patch_info_nce,
+    position_share, standardize_tokens,
+    at_least_float32,  # noqa: F401  (re-exported)
+)
+from mcm_core.models.layers import ConceptDecoderBlock, cosine_schedule, decoder_input, ema_update, known_hidden
+from mcm_core.models.outputs import EncoderOutput, ImageModel, ModelOutput
 
 TARGETS = ("ema", "online", "stopgrad")
 LOSSES = ("infonce", "mse")
@@ -191,238 +194,6 @@ def ema_momentum(progress: float, start: float, end: float = 1.0) -> float:
 def similarity_target(progress: torch.Tensor, start: float, end: float) -> torch.Tensor:
     """The regularizer's target mean similarity: a cosine from ``start`` to ``end`` (tensor in, tensor out)."""
     return cosine_schedule(progress, start, end)
-
-
-# ---------------------------------------------------------------------- loss and monitors
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or float64 if it already is (the reference check runs in float64)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def standardize_tokens(x: torch.Tensor, eps: float = 1e-6, reference: bool = False) -> torch.Tensor:
-    """Zero mean, unit variance per channel over each image's tokens: (B, N, D) -> (B, N, D).
-
-    ``(x - mean) / sqrt(var + eps)`` with the biased variance; ``reference=True``: the reference
-    code's ``(x - mean) / (std + 1e-4)`` with the unbiased std (``eps`` unused).
-    """
-    mean = x.mean(dim=1, keepdim=True)
-    if reference:
-        return (x - mean) / (x.std(dim=1, keepdim=True) + 1e-4)
-    return (x - mean) / (x.var(dim=1, unbiased=False, keepdim=True) + eps).sqrt()
-
-
-def patch_info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float, standardize: bool = True,
-                   reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch-level InfoNCE within each image, scaled by ``2 * tau``.
-
-    Row ``i`` of ``pred`` must pick row ``i`` of ``target`` among the ``N`` targets of the same
-    image (the other hidden patches are the negatives).
-
-    Args:
-        pred, target: (B, N, D), N >= 2 hidden patches per image.
-        reference: standardize as the reference code does (see ``standardize_tokens``).
-    Returns:
-        The loss (float32 scalar, float64 for float64 inputs; exactly ``2 * tau * ln N`` when all
-        targets of an image are equal) and the detached fraction of predictions whose most similar
-        target is their own.
-    """
-    # Why: float32 with autocast off, so bf16 rounding does not blur logits scaled by 1 / tau.
-    with torch.autocast(pred.device.type, enabled=False):
-        pred, target = at_least_float32(pred), at_least_float32(target)
-        if standardize:
-            pred = standardize_tokens(pred, reference=reference)
-        logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).transpose(1, 2) / tau  # (B, N, N)
-        labels = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)  # (B, N)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten()) * 2 * tau
-    accuracy = (logits.detach().argmax(dim=-1) == labels).float().mean()
-    return loss, accuracy
-
-
-def latent_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of raw latents: (B, N, D) x 2 -> float32 scalar."""
-    with torch.autocast(pred.device.type, enabled=False):
-        return F.mse_loss(at_least_float32(pred), at_least_float32(target))
-
-
-def mean_pairwise_cosine(tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cosine over the pairs of distinct tokens of each image, averaged over images: (B, N, D) -> scalar.
-
-    Uses ``sum_{i != j} <u_i, u_j> = |sum_i u_i|^2 - N`` for unit vectors ``u``: O(N D), no N x N matrix.
-    """
-    n = tokens.shape[1]
-    u = F.normalize(tokens.float(), dim=-1)
-    return ((u.sum(dim=1).pow(2).sum(dim=-1) - n) / (n * (n - 1))).mean()
-
-
-def mean_cosine_with_self(tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cosine over all ordered pairs of each image's tokens, self-pairs included: (B, N, D) -> scalar.
-
-    The reference code's regularizer statistic: ``|sum_i u_i|^2 / N^2`` for unit vectors ``u``
-    (``1 / N`` for orthogonal tokens, 1 for parallel ones), averaged over images.
-    """
-    u = F.normalize(at_least_float32(tokens), dim=-1)
-    return (u.sum(dim=1).pow(2).sum(dim=-1) / tokens.shape[1] ** 2).mean()
-
-
-def effective_rank(tokens: torch.Tensor) -> torch.Tensor:
-    """Participation ratio of the L2-normalized tokens, all images pooled: (B, N, D) -> scalar in [1, D].
-
-    With ``U`` the (M, D) unit rows and ``l`` the eigenvalues of ``U^T U``:
-    ``(sum l)^2 / sum l^2 = M^2 / |U^T U|_F^2`` -- 1 when every token points the same way,
-    ``D`` when they spread evenly over ``D`` orthogonal directions.
-    """
-    u = F.normalize(tokens.float().flatten(0, 1), dim=-1)  # (M, D)
-    gram = u.T @ u  # (D, D)
-    return u.shape[0] ** 2 / gram.pow(2).sum()
-
-
-def position_share(tokens: torch.Tensor, ids: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Share of the tokens' variance that their patch position alone explains: (B, N, D), (B, N) -> scalar in [0, 1].
-
-    Between-position variance (of the per-position means over the batch) over the total variance.
-    Near 1: the tokens say *where* a patch is, not *what* it shows -- the same at a position in
-    every image, a collapse that InfoNCE can reach through the position embeddings. With few
-    images per position the estimate has a small positive bias (about ``L / (B N)``).
-    """
-    t = tokens.float().flatten(0, 1)  # (B N, D)
-    flat = ids.flatten()
-    sums = t.new_zeros(num_patches, t.shape[1]).index_add_(0, flat, t)
-    counts = t.new_zeros(num_patches).index_add_(0, flat, torch.ones_like(flat, dtype=t.dtype))
-    means = sums / counts.clamp(min=1)[:, None]  # (L, D): mean token of each position over the batch
-    centre = t.mean(dim=0)
-    between = (means[flat] - centre).pow(2).sum()
-    return between / (t - centre).pow(2).sum().clamp(min=1e-12)
-
-
-def collapse_monitors(target: torch.Tensor, pred: torch.Tensor, visible: torch.Tensor,
-                      ids_hidden: torch.Tensor, num_patches: int) -> dict[str, torch.Tensor]:
-    """Detached collapse monitors of one step.
-
-    Args:
-        target: (B, N_h, D) target latents; pred: (B, N_h, D) raw predictions; visible: (B, N_v, D)
-            online encoder tokens of the visible patches; ids_hidden: (B, N_h) hidden patch indices.
-    Returns:
-        ``cos_target``, ``cos_pred``, ``cos_visible`` (mean pairwise cosine within each image),
-        ``erank_target``, ``erank_visible`` (effective rank over the batch's tokens) and
-        ``pos_share_target`` (share of the target variance explained by patch position).
-    """
-    with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
-        out = {"cos_target": mean_pairwise_cosine(target), "cos_pred": mean_pairwise_cosine(pred),
-               "erank_target": effective_rank(target), "erank_visible": effective_rank(visible),
-               "pos_share_target": position_share(target, ids_hidden, num_patches)}
-        if visible.shape[1] > 1:  # a single visible patch has no pair
-            out["cos_visible"] = mean_pairwise_cosine(visible)
-    return out
-
-
-# ---------------------------------------------------------------------- patch gaps and the visual cue
-def gap_patches(images: torch.Tensor, patch_size: int, gap: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Patches cropped with gaps between them, tiled back into an image: (B, C, H, W) -> (B, C, H, W).
-
-    The image is resized to ``grid x (patch_size + gap)`` pixels; each patch is the
-    ``patch_size``-pixel square at a random offset in ``[0, gap]`` (rows and columns drawn
-    separately, per image and patch) inside its cell. ``gap=0`` returns ``images`` unchanged.
-    """
-    if gap == 0:
-        return images
-    b, c, h, w = images.shape
-    gh, gw, cell = h // patch_size, w // patch_size, patch_size + gap
-    big = F.interpolate(images, size=(gh * cell, gw * cell), mode="bilinear", align_corners=False)
-    draw_on = generator.device if generator is not None else images.device
-    offsets = torch.randint(0, gap + 1, (2, b, gh, gw), generator=generator, device=draw_on).to(images.device)
-    within = torch.arange(patch_size, device=images.device)
-    # Pixel rows/cols of every patch: (B, gh, gw, p) each; cell start + random offset + position in the patch.
-    rows = (torch.arange(gh, device=images.device)[:, None] * cell)[None, :, None] + offsets[0, ..., None] + within
-    cols = (torch.arange(gw, device=images.device)[:, None] * cell)[None, None] + offsets[1, ..., None] + within
-    flat = rows[..., :, None] * (gw * cell) + cols[..., None, :]  # (B, gh, gw, p, p) indices into the big image
-    flat = flat.permute(0, 1, 3, 2, 4).reshape(b, 1, h * w)  # row-major (gh, p, gw, p) = the output's pixel order
-    return torch.gather(big.flatten(2), 2, flat.expand(-1, c, -1)).view(b, c, h, w)
-
-
-def patch_coords(ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Row/column of patch indices: long (B, N) -> float (B, N, 2)."""
-    return torch.stack([ids // grid[1], ids % grid[1]], dim=-1).float()
-
-
-def visual_cue(context: torch.Tensor, ids_keep: torch.Tensor, ids_hidden: torch.Tensor,
-               grid: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Position-weighted average of the visible latents at every hidden position.
-
-    Args:
-        context: (B, N_v, D) visible latents; ids_keep: (B, N_v); ids_hidden: (B, N_h).
-    Returns:
-        (B, N_h, D): for each hidden patch, the visible latents weighted by
-        ``softmax(-d^2 / (2 sigma^2))`` of their grid distance ``d``.
-    """
-    dist2 = torch.cdist(patch_coords(ids_hidden, grid), patch_coords(ids_keep, grid)).pow(2)  # (B, N_h, N_v)
-    weights = torch.softmax(-dist2 / (2 * sigma ** 2), dim=-1).to(context.dtype)
-    return weights @ context
-
-
-def reference_cue_weights(pos_hidden: torch.Tensor, pos_visible: torch.Tensor) -> torch.Tensor:
-    """The reference code's visual-cue weights: ``softmax(pe_h . pe_v / sqrt(D))`` over the visible patches.
-
-    Args:
-        pos_hidden: (B, N_h, D) position embeddings of the hidden patches; pos_visible: (B, N_v, D).
-    Returns:
-        (B, N_h, N_v) weights, each row summing to 1 (float32, or float64 for float64 inputs).
-    """
-    with torch.autocast(pos_hidden.device.type, enabled=False):
-        q, k = at_least_float32(pos_hidden), at_least_float32(pos_visible)
-        return torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
-
-
-def grid_pos_embed(dim: int, grid: tuple[int, int], scaled: bool = False) -> torch.Tensor:
-    """2-D sin-cos position embeddings with a zero CLS row, (1 + L, dim): columns in the first half, rows in the second.
-
-    ``scaled=False`` gives the backbone's (integer positions ``0 .. g - 1``, MAE's convention);
-    ``scaled=True`` the reference code's: the ``g`` positions spread evenly over ``[0, g]``, that is
-    ``i * g / (g - 1)`` (computed here in float64, then rounded to float32).
-    """
-    if not scaled:
-        return sincos_pos_embed(dim, grid)
-    if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need dim divisible by 4, got {dim}")
-    if min(grid) < 2:
-        raise ValueError(f"scaled positions i * g / (g - 1) need a grid of at least 2 x 2 patches, got {grid}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-
-    def encode(index: torch.Tensor, g: int) -> torch.Tensor:  # (L,) patch row or column -> (L, dim / 2)
-        angles = (index * g / (g - 1))[:, None] * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
-                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
-    emb = torch.cat([encode(cols.flatten(), grid[1]), encode(rows.flatten(), grid[0])], dim=1).float()
-    return torch.cat([torch.zeros(1, dim), emb], dim=0)
-
-
-def build_projector(cfg: LatentMIMConfig) -> nn.Module:
-    """The projector MLP, (..., D) -> (..., D).
-
-    ``projector_depth=2, projector_dim=0`` (the default): timm's ``Mlp`` (D -> mlp_ratio x D -> D,
-    GELU). Otherwise ``projector_depth`` bias-free linear layers of width ``projector_dim`` (0:
-    mlp_ratio x D), each followed by a LayerNorm (eps 1e-6; 1e-5, torch's default, with
-    ``reference``), GELU between them: the reference code's head.
-    """
-    d = cfg.embed_dim
-    hidden = cfg.projector_dim or int(d * cfg.mlp_ratio)
-    if (cfg.projector_depth, cfg.projector_dim) == (2, 0):
-        return Mlp(in_features=d, hidden_features=hidden, out_features=d)
-    layers: list[nn.Module] = []
-    for i in range(cfg.projector_depth):
-        d_in, d_out = (d if i == 0 else hidden), (d if i == cfg.projector_depth - 1 else hidden)
-        layers += [nn.Linear(d_in, d_out, bias=False), nn.LayerNorm(d_out, eps=1e-5 if cfg.reference else 1e-6)]
-        if i < cfg.projector_depth - 1:
-            layers.append(nn.GELU())
-    return nn.Sequential(*layers)
-
-
-def hidden_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
-    """Indices of the hidden patches in ascending order: bool (B, L) -> long (B, N_h)."""
-    # Why: a stable sort of 0 (visible) / 1 (hidden) keys lists the hidden patches last, in image order.
-    return torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices[:, num_visible:]
 
 
 # ---------------------------------------------------------------------- the model
@@ -552,7 +323,8 @@ class LatentMIM(ImageModel):
         """Predict the target latent of every hidden patch: -> (B, N_h, D)."""
         if self.cfg.decoder == "mae":
             # MAE's decoder input (mask tokens un-shuffled among the visible latents), read at the hidden patches.
-            x = MaskedAutoencoder.decoder_input(self, encoded)  # (B, 1 + L, D_dec)
+            x = decoder_input(self.decoder_embed(encoded.tokens), encoded.ids_restore, self.mask_token,
+                              self.decoder_pos_embed)  # (B, 1 + L, D_dec)
             for block in self.decoder_blocks:
                 x = block(x)
             return self.decoder_pred(self.decoder_norm(gather_tokens(x[:, 1:], ids_hidden)))

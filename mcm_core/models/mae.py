@@ -3,20 +3,26 @@
 The stages keep the names of the MAE reference code: ``patchify``,
 ``unpatchify``, ``forward_encoder``, ``forward_decoder``, ``forward_loss``.
 The mask is boolean ``(B, L)`` with ``True`` = hidden from the encoder.
+
+The output types (``EncoderOutput``, ``ModelOutput``) live in :mod:`mcm_core.models.outputs` and
+the shared pieces (``decoder_input``, ``known_hidden``) in :mod:`mcm_core.models.layers`; this
+module imports them, so ``from mcm_core.models.mae import ModelOutput`` keeps working.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from mcm_core.masking import check_mask, num_hidden, random_mask
+from mcm_core.models._registry import register_model
 from mcm_core.models.backbone import (
     BackboneConfig, ViTEncoder, check_images, gather_tokens, init_weights, make_blocks, mask_ids,
     masked_mean, sincos_pos_embed,
 )
-from mcm_core.models.capabilities import NORM_PIX_PROBLEM, ImageModel
+from mcm_core.models.layers import decoder_input, known_hidden
+from mcm_core.models.outputs import NORM_PIX_PROBLEM, EncoderOutput, ImageModel, ModelOutput
 
 
 @dataclass
@@ -41,61 +47,7 @@ class MAEConfig(BackboneConfig):
             raise ValueError(f"visible_loss_weight must be >= 0 (0 = hidden patches only), got {self.visible_loss_weight}")
 
 
-@dataclass
-class EncoderOutput:
-    """What ``forward_encoder`` hands to ``forward_decoder``.
-
-    Attributes:
-        tokens: (B, 1 + N_vis, D) encoded CLS + visible patch tokens.
-        mask: bool (B, L), True = hidden.
-        ids_keep: (B, N_vis) indices of the visible patches, ascending.
-        ids_restore: (B, L) permutation that puts [visible, hidden] back in image order.
-        concepts: MCM only: one (B, K, D) concept-token snapshot per encoder layer.
-        attention: MCM only, on request: per layer, concept -> visible patch attention (B, heads, K, N_vis).
-    """
-
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    ids_keep: torch.Tensor
-    ids_restore: torch.Tensor
-    concepts: list[torch.Tensor] | None = None
-    attention: list[torch.Tensor] | None = None
-
-
-@dataclass
-class ModelOutput:
-    """What ``model(images, ...)`` returns.
-
-    Attributes:
-        loss: scalar total loss.
-        losses: named terms of the loss (e.g. ``{"recon": ..., "concept": ...}``).
-        pred: (B, L, p*p*3) per-patch predictions.
-        mask: bool (B, L), True = hidden.
-        concept_logits: MCM only: (B, K).
-    """
-
-    loss: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    pred: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    concept_logits: torch.Tensor | None = None
-
-
-def known_hidden(cfg: MAEConfig, images: torch.Tensor, mask_ratio: float | None,
-                 mask: torch.Tensor | None) -> int | None:
-    """Patches hidden per image when known without reading the mask back, on an accelerator.
-
-    ``cfg``: any model config with ``num_patches`` and a default ``mask_ratio`` (MAE, MCM, Latent MIM).
-
-    Known when the model draws the mask itself (at ``mask_ratio`` or ``cfg.mask_ratio``) or when
-    the caller passes the ``mask_ratio`` its ``mask`` was drawn at (as the trainer does); None on
-    the CPU, where ``ids_from_mask`` checks the mask's counts at no synchronization cost.
-    """
-    if images.device.type == "cpu" or (mask is not None and mask_ratio is None):
-        return None
-    return num_hidden(cfg.num_patches, cfg.mask_ratio if mask_ratio is None else mask_ratio)
-
-
+@register_model("mae")
 class MaskedAutoencoder(ImageModel):
     """MAE: encoder on visible patches, light decoder with mask tokens, MSE on hidden patches."""
 
@@ -176,13 +128,9 @@ class MaskedAutoencoder(ImageModel):
         return EncoderOutput(self.encoder.forward_tokens(visible), mask, ids_keep, ids_restore)
 
     def decoder_input(self, encoded: EncoderOutput) -> torch.Tensor:
-        """Decoder tokens in image order: (B, 1 + L, D_dec), mask tokens at hidden positions."""
-        x = self.decoder_embed(encoded.tokens)  # (B, 1 + N_vis, D_dec)
-        b, n_vis = x.shape[0], x.shape[1] - 1
-        n_hidden = encoded.ids_restore.shape[1] - n_vis
-        patches = torch.cat([x[:, 1:], self.mask_token.expand(b, n_hidden, -1)], dim=1)
-        patches = gather_tokens(patches, encoded.ids_restore)  # un-shuffle: [visible, hidden] -> image order
-        return torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        """Decoder tokens in image order: (B, 1 + L, D_dec), mask tokens at hidden positions (:func:`decoder_input`)."""
+        return decoder_input(self.decoder_embed(encoded.tokens), encoded.ids_restore, self.mask_token,
+                             self.decoder_pos_embed)
 
     def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
         """Predict every patch: -> (B, L, p*p*3)."""

@@ -9,7 +9,9 @@ each decoder layer cross-attends to the snapshots of two encoder layers (the
 concept tokens. A concept loss on learned state embeddings names the concepts;
 editing writes a state embedding into a token before decoding.
 
-Every choice the paper leaves open is a config switch, marked "(our choice)".
+Every choice the paper leaves open is a config switch, marked "(our choice)". The attention
+blocks (``CrossAttention``, ``ConceptBlock``, ``ConceptDecoderBlock``) live in
+:mod:`mcm_core.models.layers` (Latent MIM's decoder uses the last one); this module imports them.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
-from timm.layers.attention import Attention
 
+from mcm_core.models._registry import register_model
 from mcm_core.models.backbone import init_weights
-from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
-from mcm_core.models.mae import EncoderOutput, MAEConfig, MaskedAutoencoder, ModelOutput
+from mcm_core.models.layers import ConceptBlock, ConceptDecoderBlock, CrossAttention  # noqa: F401  (re-exported)
+from mcm_core.models.losses import concept_prior, register_concept_weights, weighted_concept_bce
+from mcm_core.models.mae import MAEConfig, MaskedAutoencoder
+from mcm_core.models.outputs import EncoderOutput, ModelOutput
 
 KEEP = -1  # edit state: leave the image's own concept token as it is (0 / 1: write that state)
 EditsLike = Mapping[int, int] | Sequence[int] | torch.Tensor
@@ -149,76 +152,7 @@ def concept_map(depth: int, pairing: str) -> list[tuple[int, int]]:
     return [(2 * j, 2 * j + 1) for j in range(depth // 2)]
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention of queries ``x`` (B, Nq, D) over a separate set ``context`` (B, Nk, Dc).
-
-    Fused (``F.scaled_dot_product_attention``) unless the probabilities are asked for or
-    ``fused_attn`` is False (timm's switch, which ``mcm_core.train.explicit_attention`` flips).
-    """
-
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.fused_attn = True
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim or dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> (B, Nq, D) and, on request, the probabilities (B, heads, Nq, Nk)."""
-        b, nq, d = x.shape
-        q = self.q(x).reshape(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        probs = None
-        if return_attention or not self.fused_attn:
-            weights = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
-            out, probs = weights @ v, (weights if return_attention else None)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, nq, d)), probs
-
-
-class ConceptBlock(nn.Module):
-    """One encoder layer's concept update: concepts attend to patch tokens (never to each other), then an MLP."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
-        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = CrossAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
-
-    def forward(self, concepts: torch.Tensor, patches: torch.Tensor,
-                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """concepts (B, K, D), patches (B, N, D) -> concepts (B, K, D), attention (B, heads, K, N) | None."""
-        update, probs = self.attn(self.norm_q(concepts), self.norm_kv(patches), return_attention)
-        concepts = concepts + update
-        return concepts + self.mlp(self.norm2(concepts)), probs
-
-
-class ConceptDecoderBlock(nn.Module):
-    """Decoder layer of the concept map: patch self-attention, patch -> concept cross-attention, MLP."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=True)
-        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
-        self.cross = CrossAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, concepts: torch.Tensor,
-                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, N, D_dec), concepts (B, K', D_dec) -> x (B, N, D_dec), attention (B, heads, N, K') | None."""
-        x = x + self.attn(self.norm1(x))
-        update, probs = self.cross(self.norm_cross(x), concepts, return_attention)
-        x = x + update
-        return x + self.mlp(self.norm2(x)), probs
-
-
+@register_model("mcm")
 class MultiLayerConceptMap(MaskedAutoencoder):
     """MCM: MAE + concept tokens updated at every encoder layer + a concept-map decoder."""
 

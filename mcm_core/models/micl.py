@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from mcm_core.masking import check_mask, num_hidden
+from mcm_core.models._registry import register_model
 from mcm_core.models.backbone import BackboneConfig, ViTEncoder, check_images, gather_tokens
-from mcm_core.models.capabilities import ImageModel
-from mcm_core.models.mae import ModelOutput
-from mcm_core.models.registry import register_model
+from mcm_core.models.outputs import ImageModel, ModelOutput
 
 
 def view_size(num_patches: int, mask_ratio: float) -> int:

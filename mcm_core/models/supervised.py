@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from mcm_core.models._registry import register_model
 from mcm_core.models.backbone import BackboneConfig, ViTEncoder
-from mcm_core.models.capabilities import ImageModel
-from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
-from mcm_core.models.mae import ModelOutput
+from mcm_core.models.losses import concept_prior, register_concept_weights, weighted_concept_bce
+from mcm_core.models.outputs import ImageModel, ModelOutput
 
 
 @dataclass
@@ -33,6 +33,7 @@ class SupervisedConfig(BackboneConfig):
     mask_ratio: float = 0.0
 
 
+@register_model("supervised")
 class SupervisedConcepts(ImageModel):
     """ViT encoder on full images -> per-concept logits (B, K)."""
 
