@@ -14,6 +14,10 @@ back once every ``log_every`` steps, when the loss is also checked for NaN/inf.
 
 Under ``torchrun`` the same loop runs in every process with DistributedDataParallel
 (see :mod:`mcm_core.distributed`): each process takes its share of the global batch.
+
+What is not the loop lives next to it: :mod:`mcm_core.batches` (the data set, the step-seeded
+batches and their value checks), :mod:`mcm_core.optim` (AdamW and its schedule) and
+:mod:`mcm_core.devices` (the device, and bf16 precision on it).
 """
 from __future__ import annotations
 
@@ -23,30 +27,35 @@ import math
 import random
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mcm_core import distributed
+from mcm_core.batches import (
+    StepBatchSampler, bad_images, check_batch, device_split, model_for_data, step_batches, step_seed, training_data,
+)
 from mcm_core.checkpoint import (
     CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, load_state_strict, optimizer_tensors,
     package_versions, restore_optimizer, save_checkpoint,
 )
 from mcm_core.config import TrainConfig, config_changes
-from mcm_core.data import load_dataset
-from mcm_core.data.shapes_render import u8_to_float
+from mcm_core.devices import explicit_attention, resolve_device, use_bf16
 from mcm_core.masking import make_masker
-from mcm_core.models import build_model, has
-from mcm_core.models.backbone import check_image_values
+from mcm_core.models import has
 from mcm_core.models.mae import ModelOutput
-from mcm_core.models.mcm import check_binary_concepts
-from mcm_core.models.schedules import cosine_schedule, ema_update
+from mcm_core.models.schedules import ema_update
+from mcm_core.optim import apply_optimizer_settings, make_optimizer
 from mcm_core.runs import HISTORY_NAME, StopSignals, TrainingInterrupted, clean_stale_temporaries
+
+# Moved next to this module; re-exported here until the notebooks, tests and benchmarks import them from there.
+from mcm_core.batches import OneHotTargets  # noqa: F401
+from mcm_core.devices import cpu_bf16_supported  # noqa: F401
+from mcm_core.optim import fused_adamw_supported, lr_lambda, param_groups  # noqa: F401
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
@@ -73,200 +82,6 @@ class TrainResult:
         return [r["step"] for r in rows], [r[key] for r in rows]
 
 
-# ---------------------------------------------------------------------- devices and seeds
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; a clear error for a CUDA request without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available; use device=cpu or auto")
-    return device
-
-
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A distinct 63-bit seed per (run seed, step, stream) (stream 0: data order, 1: masks)."""
-    return (seed * 1_000_003 + step * 7_919 + stream * 104_729 + 12_345) % (2 ** 63 - 1)
-
-
-class StepBatchSampler(Sampler[list[int]]):
-    """Batches of indices for steps ``start .. steps - 1``; epoch ``e`` uses permutation ``seed(e)``.
-
-    The batch of a step depends only on (seed, step), which makes resume exact.
-    ``rank``/``world_size`` shard each global batch between processes.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, steps: int,
-                 rank: int = 0, world_size: int = 1) -> None:
-        if batch_size > size:
-            raise ValueError(f"batch_size={batch_size} is larger than the data set ({size} images); "
-                             "lower batch_size or use a larger split")
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.start, self.steps, self.rank, self.world_size = start, steps, rank, world_size
-        self.per_epoch = size // batch_size
-        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)  # the permutation of one epoch, cached
-
-    def __len__(self) -> int:
-        return self.steps - self.start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start, self.steps):
-            yield self.ids(step)
-
-    def ids(self, step: int) -> list[int]:
-        """This process's indices of the batch of ``step`` (a pure function of seed and step)."""
-        epoch = step // self.per_epoch
-        if self._epoch != epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(self.size, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
-        first = (step % self.per_epoch) * self.batch_size
-        return self._order[first:first + self.batch_size][self.rank::self.world_size].tolist()
-
-
-# ---------------------------------------------------------------------- data and model
-class OneHotTargets(Dataset):
-    """Wrap a class-labelled data set so targets are one-hot concept vectors (B, K) (MCM on class data)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset, self.concept_names = dataset, list(dataset.classes)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.dataset[index]
-        return image, nn.functional.one_hot(torch.as_tensor(label), len(self.concept_names)).float()
-
-
-def training_data(cfg: TrainConfig, split: str = "train") -> Dataset:
-    """The data set of ``cfg``; class labels become one-hot concepts for models that use concepts."""
-    dataset = load_dataset(cfg.dataset, split=split, **cfg.data)
-    if has(cfg.method, "uses_concepts") and not hasattr(dataset, "concept_names"):
-        if not hasattr(dataset, "classes"):
-            raise ValueError(f"{cfg.method} needs concept labels, and data set {cfg.dataset!r} has none; "
-                             "use shapes, celeba, or a class-labelled set (classes become one-hot concepts)")
-        dataset = OneHotTargets(dataset)
-    return dataset
-
-
-def model_for_data(cfg: TrainConfig, dataset: Dataset) -> nn.Module:
-    """Build ``cfg.method`` sized to the data (image size, number of concepts and their frequencies)."""
-    overrides = dict(cfg.model)
-    image = dataset[0][0]
-    overrides.setdefault("img_size", int(image.shape[-1]))
-    if has(cfg.method, "uses_concepts"):
-        names = list(dataset.concept_names)
-        overrides.setdefault("num_concepts", len(names))
-        overrides.setdefault("concept_names", names)
-        if hasattr(dataset, "concept_frequencies"):
-            overrides.setdefault("concept_freq", [round(float(f), 6) for f in dataset.concept_frequencies()])
-        else:  # one-hot classes: each class is as frequent as 1/K on balanced data
-            overrides.setdefault("concept_freq", [1.0 / len(names)] * len(names))
-    overrides.setdefault("mask_ratio", cfg.mask_ratio)
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.method, cfg.preset, **overrides)
-
-
-def check_batch(images: torch.Tensor, concepts: torch.Tensor | None = None) -> None:
-    """Value checks, done once on the first batch (they synchronize): images (B, 3, H, W) in [0, 1]
-    (no NaN), concept targets (B, K) all 0 or 1."""
-    low, high = float(images.min()), float(images.max())
-    if not (low >= 0 and high <= 1):  # also catches NaN
-        raise ValueError(f"images must be floats in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
-                         "divide uint8 images by 255, do not normalize by mean/std, and drop NaN images")
-    if concepts is not None:
-        check_binary_concepts(concepts)
-
-
-# ---------------------------------------------------------------------- optimization
-def param_groups(model: nn.Module, weight_decay: float, patch_embed_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, tokens, embeddings and scalar parameters.
-
-    Each group carries ``decays`` (whether weight decay applies) and ``lr_scale``, its learning rate as a multiple of the schedule's. With
-    ``patch_embed_lr_scale`` != 1 the patch embeddings (``patch_embed`` parameters) get their own
-    group(s) at that scale, so the first layer can learn faint pixel statistics faster.
-    """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim <= 1 or any(key in name for key in ("token", "pos_embed", "state_embed", "concept_bias"))
-        embed = patch_embed_lr_scale != 1.0 and "patch_embed" in name
-        groups.setdefault((skip, embed), []).append(param)
-    return [{"params": groups.get((skip, embed), []), "weight_decay": 0.0 if skip else weight_decay,
-             "decays": not skip, "lr_scale": patch_embed_lr_scale if embed else 1.0}
-            for embed in ((False, True) if patch_embed_lr_scale != 1.0 else (False,)) for skip in (False, True)]
-
-
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at a step: linear warm-up, then cosine decay to ``min_lr``."""
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cosine_schedule(progress, 1.0, cfg.min_lr / cfg.lr)
-    return factor
-
-
-# ---------------------------------------------------------------------- the trainer
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), where bf16 pays.
-
-    Measured on the 2-core AMD EPYC (Zen 4) of docs/benchmarks.md: a (2112 x 128) @ (128 x 512)
-    matrix product runs at 396 GFLOP/s in bf16 against 150 in float32. CPUs without these units
-    emulate bf16 and run slower than in float32, so they keep float32.
-    """
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    try:  # oneDNN's own _is_mkldnn_bf16_supported() is true on any AVX-512 CPU, emulated bf16 included
-        return any(bool(check()) for check in checks if check is not None)
-    except RuntimeError:
-        return False
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether a run of ``precision`` (auto, bf16, fp32) trains under bf16 autocast on ``device``.
-
-    ``auto``: always on a GPU; on a CPU only where bf16 matrix products are native
-    (:func:`cpu_bf16_supported`).
-    """
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())
-
-
-@contextmanager
-def explicit_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block, every attention module of ``model`` computes ``softmax(q k^T / sqrt(d)) v``
-    with plain matrix products instead of ``F.scaled_dot_product_attention``; restored after.
-
-    Used for bf16 training on a CPU: at the ``tiny`` preset's sequence lengths (13 to 65 tokens)
-    the CPU's fused flash-attention kernel spends 5x longer in its bf16 backward than the matrix
-    products it replaces, and its MATH fallback adds masking checks (``isneginf``, ``all``,
-    ``where``) on every call (torch.profiler, docs/benchmarks.md). Modules opt in through timm's
-    ``fused_attn`` attribute (timm's ``Attention`` and MCM's ``CrossAttention`` have it).
-    """
-    modules = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if enabled else []
-    for module in modules:
-        module.fused_attn = False
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.fused_attn = True
-
-
-def fused_adamw_supported(device: torch.device) -> bool:
-    """The fused AdamW kernel (one pass over all parameters) exists for CUDA and, since torch 2.4, CPU.
-
-    On CPU it replaces the per-parameter loop, which took about 5% of a single-thread ``tiny``
-    MCM step in one torch.profiler run (45 ms of 0.80 s).
-    """
-    if device.type == "cuda":
-        return True
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    return device.type == "cpu" and (major, minor) >= (2, 4)
-
-
 class Trainer:
     """Holds the state of one run. ``fit`` is the usual entry point."""
 
@@ -288,12 +103,7 @@ class Trainer:
         self.ema = None
         if cfg.masking == "hierarchical":
             self.ema = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
-        groups = param_groups(self.model, cfg.weight_decay, cfg.patch_embed_lr_scale)
-        for group in groups:
-            group["lr"] = cfg.lr * group["lr_scale"]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                           fused=fused_adamw_supported(self.device))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer, self.scheduler = make_optimizer(self.model, cfg, self.device)  # AdamW, warm-up + cosine
         self.use_bf16 = use_bf16(cfg.precision, self.device)
         if world_size > 1:  # gradients averaged across processes in backward
             self.model = distributed.wrap(self.model, self.device)
@@ -366,16 +176,7 @@ class Trainer:
         self.evaluations = list(info.train.get("evaluations", []))
         self.scheduler.load_state_dict(info.train["scheduler"])
         if changes:  # allowed: the optimizer and schedule follow the new config from this step on
-            self.apply_optimizer_settings()
-
-    def apply_optimizer_settings(self) -> None:
-        """Set lr (on this step's place in the new schedule), weight decay and betas from ``cfg``."""
-        cfg = self.cfg
-        factor = lr_lambda(cfg)(self.scheduler.last_epoch)
-        self.scheduler.base_lrs = [cfg.lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
-        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.scheduler.base_lrs)):
-            decay = cfg.weight_decay if group.get("decays", i == 0) else 0.0  # see param_groups
-            group.update(lr=base * factor, initial_lr=base, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
+            apply_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
 
     # -- one step --------------------------------------------------------
     def step_mask_ratio(self) -> float:
@@ -487,21 +288,7 @@ class Trainer:
     def bad_batch_report(self, step: int) -> str | None:
         """Which images of ``step``'s batch (re-read: a batch is a pure function of seed and step) are NaN,
         infinite or outside [0, 1], or whose concept targets are not 0/1; None when all are fine."""
-        source = getattr(self.dataset, "dataset", self.dataset)  # OneHotTargets wraps the real data set
-        paths = getattr(source, "paths", None)
-        bad = []
-        for index in self.step_ids.ids(step):
-            image, target = self.dataset[index]
-            try:  # the model's own value checks, on one image
-                check_image_values(image[None])
-                if self.uses_concepts:
-                    check_binary_concepts(torch.as_tensor(target)[None])
-            except ValueError:
-                bad.append(f"{paths[index]}" if paths is not None else f"index {index}")
-        if not bad:
-            return None
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        return f"{len(bad)} image(s) with NaN/inf, values outside [0, 1] or non-0/1 concepts ({shown})"
+        return bad_images(self.dataset, self.step_ids.ids(step), self.uses_concepts)
 
     def evaluate(self) -> None:
         if self.eval_fn is None or self.rank != 0:
@@ -520,15 +307,8 @@ class Trainer:
         Only data sets that can render themselves on a device (the built-in shapes data), and on a
         GPU only when the pixels take at most a quarter of its memory. Rendered once per trainer.
         """
-        make = getattr(self.dataset, "device_tensors", None)
-        if make is None:
-            return None
         if self._device_data is None:
-            if self.device.type == "cuda":
-                pixels = len(self.dataset) * 3 * self.dataset.image_size ** 2
-                if pixels > torch.cuda.get_device_properties(self.device).total_memory // 4:
-                    return None
-            self._device_data = make(self.device)
+            self._device_data = device_split(self.dataset, self.device)
         return self._device_data
 
     def batches(self, until: int, on_device: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -544,18 +324,7 @@ class Trainer:
                                    until, self.rank, self.world_size)
         use_device = self.device.type == "cuda" if on_device is None else on_device
         data = self.device_data() if use_device else None
-        if data is not None:
-            images_u8, targets = data
-            for ids in sampler:
-                index = torch.tensor(ids)
-                if images_u8.device != index.device:  # a pinned, non-blocking copy never stalls the host
-                    index = index.pin_memory().to(images_u8.device, non_blocking=True)
-                yield u8_to_float(images_u8[index]), targets[index]
-            return
-        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for images, targets in loader:
-            yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        yield from step_batches(self.dataset, sampler, self.device, self.cfg.num_workers, data)
 
     def should_stop(self, stop: StopSignals, boundary: bool) -> bool:
         """Whether a stop signal ends the loop after this step. Alone: at once. Under torchrun: at the next
