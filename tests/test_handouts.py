@@ -1,4 +1,4 @@
-"""Student handouts (``mcm_core.handouts``): solution cells replaced, everything else untouched,
+"""Student handouts (``mcm_core.workbook.handouts``): solution cells replaced, everything else untouched,
 outputs cleared, and the committed copies in ``handouts/`` in sync with ``notebooks/``."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from mcm_core import handouts, workbook
-from mcm_core.handouts import EXERCISE_TAG, SOLUTION_TAG, check_handouts, student_cell, student_notebook
+from mcm_core import workbook
+from mcm_core.workbook import folders, handouts
+from mcm_core.workbook.handouts import EXERCISE_TAG, SOLUTION_TAG, check_handouts, student_cell, student_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -130,7 +131,7 @@ def test_without_a_notebooks_folder_the_shipped_notebooks_are_used_and_never_wri
     shipped = workbook.shipped_folder("notebooks")
     with pytest.raises(ValueError, match="inside the installed package"):  # checked before anything is written
         handouts.output_folder(shipped / "handouts")
-    monkeypatch.setattr(workbook, "shipped_folder", lambda kind: None)
+    monkeypatch.setattr(folders, "shipped_folder", lambda kind: None)
     assert handouts.main(["build"]) == 2
     message = "no notebooks folder ./notebooks; run from the repository root or pass --notebooks DIR"
     assert message in capsys.readouterr().err
@@ -141,7 +142,7 @@ def test_without_a_notebooks_folder_the_shipped_notebooks_are_used_and_never_wri
 def test_committed_handouts_are_in_sync_with_the_notebooks():
     problems = check_handouts(NOTEBOOK_DIR, HANDOUT_DIR)
     assert not problems, ("handouts/ is out of date with notebooks/:\n  " + "\n  ".join(problems)
-                          + "\nrun `make handouts` (or `.venv/bin/python -m mcm_core.handouts build`) "
+                          + "\nrun `make handouts` (or `.venv/bin/python -m mcm_core.workbook.handouts build`) "
                           "and commit handouts/")
 
 
@@ -179,3 +180,10 @@ def test_handouts_keep_the_relative_paths_working():
     assert HANDOUT_DIR.parent == NOTEBOOK_DIR.parent
     student = nbformat.read(HANDOUT_DIR / "01_train_mcm.ipynb", as_version=4)
     assert any('checkpoint_path = "../runs/01_train_mcm"' in c.source for c in student.cells)
+
+
+def test_the_old_module_path_re_exports_the_handouts():
+    from mcm_core import handouts as old
+
+    assert old.main is handouts.main and old.build_handouts is handouts.build_handouts
+    assert old.student_notebook is student_notebook and old.SOLUTION_TAG == SOLUTION_TAG

@@ -1,4 +1,4 @@
-"""Labs (``mcm_core.labs``): reading and checking lab files, grid expansion, the summary table and
+"""Labs (``mcm_core.workbook.labs``): reading and checking lab files, grid expansion, the summary table and
 figure, metric recording, and one end-to-end lab run in smoke mode with a failing run."""
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from mcm_core import labs, workbook
+from mcm_core import workbook
 from mcm_core.lab_viz import metric_label, plot_lab_summary, series_label
-from mcm_core.labs import Lab, LabError, expand_grid, parse_lab, run_ids, summarize_runs
-from mcm_core.notebook import METRICS_ENV, record_metrics
+from mcm_core.workbook import folders, lab_runs, labs
+from mcm_core.workbook.labs import Lab, LabError, expand_grid, parse_lab, run_ids, summarize_runs
+from mcm_core.workbook.metrics import METRICS_ENV, record_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -153,7 +154,7 @@ def test_a_runner_error_on_one_run_is_reported_and_the_others_go_on(tmp_path, mo
         return {"run_id": plan.run_id, "parameters": plan.parameters, "status": "ok", "error": None,
                 "seconds": 1.0, "metrics": {"concept_macro_f1": 0.5}, "notebook": None}
 
-    monkeypatch.setattr(labs, "execute_run", fake_execute)
+    monkeypatch.setattr(lab_runs, "execute_run", fake_execute)  # what run_lab calls
     lab = parse_lab(minimal(grid={"mask_ratio": [0.25, 0.5, 0.75]}), NOTEBOOK_DIR)
     result = labs.run_lab(lab, tmp_path, workers=2, log=lambda line: None)
     assert [r["status"] for r in result.records] == ["ok", "failed", "ok"]
@@ -196,11 +197,30 @@ def test_a_missing_folder_is_an_error_naming_its_option(tmp_path, monkeypatch, c
     assert labs.main(["check", "mask_ratio_sweep", "--labs", str(tmp_path / "nope")]) == 2
     assert "pass an existing folder to --labs" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(workbook, "shipped_folder", lambda kind: None)  # neither ./notebooks nor an installed copy
+    monkeypatch.setattr(folders, "shipped_folder", lambda kind: None)  # neither ./notebooks nor an installed copy
     assert labs.main(["check", str(ROOT / "labs" / "mask_ratio_sweep.yaml")]) == 2
     assert ("no notebooks folder ./notebooks; run from the repository root or pass --notebooks DIR"
             in capsys.readouterr().err)
     assert labs.main(["check", str(ROOT / "labs" / "mask_ratio_sweep.yaml"), "--notebooks", str(NOTEBOOK_DIR)]) == 0
+
+
+def test_the_shipped_folders_sit_apart_from_the_code_modules():
+    """mcm_core/workbook/labs.py is code; the shipped labs are in mcm_core/workbook/shipped/labs."""
+    package = Path(folders.__file__).parent
+    assert workbook.shipped_folder("notebooks") == package / "shipped" / "notebooks"
+    assert workbook.shipped_folder("labs") == package / "shipped" / "labs"
+    assert (package / "shipped" / "labs" / "mask_ratio_sweep.yaml").is_file()
+    assert (package / "labs.py").is_file() and labs.__file__ == str(package / "labs.py")
+
+
+def test_the_old_module_path_re_exports_the_labs_and_runs_the_command():
+    from mcm_core import labs as old
+
+    assert old.main is labs.main and old.run_lab is lab_runs.run_lab and old.Lab is Lab
+    assert old.execute_run is lab_runs.execute_run and old.summarize_runs is summarize_runs
+    proc = subprocess.run([sys.executable, "-m", "mcm_core.labs", "check", "mask_ratio_sweep"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "0_mask_ratio-0.0" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_a_shipped_notebook_runs_in_its_run_folder_and_a_repository_one_in_its_folder(tmp_path, monkeypatch):
@@ -214,7 +234,7 @@ def test_a_shipped_notebook_runs_in_its_run_folder_and_a_repository_one_in_its_f
         def wait(self, timeout=None):
             return 0
 
-    monkeypatch.setattr(labs.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(lab_runs.subprocess, "Popen", FakeProcess)
     monkeypatch.chdir(tmp_path)
     for notebooks in (workbook.shipped_folder("notebooks"), NOTEBOOK_DIR):
         lab = parse_lab(minimal(grid={"mask_ratio": [0.5]}), notebooks)
@@ -398,7 +418,7 @@ def test_a_smoke_lab_runs_in_parallel_and_reports_the_failed_run(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ}
     env.pop(METRICS_ENV, None)
-    command = [sys.executable, "-m", "mcm_core.labs", "run", str(lab_file), "--smoke", "--output", str(out)]
+    command = [sys.executable, "-m", "mcm_core.workbook.labs", "run", str(lab_file), "--smoke", "--output", str(out)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED 2_mask_ratio-1.5" in proc.stderr

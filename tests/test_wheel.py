@@ -51,7 +51,7 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in SOURCES:
-        if (ROOT / name).is_dir():  # links (mcm_core/workbook/notebooks -> ../../notebooks) stay links
+        if (ROOT / name).is_dir():  # links (mcm_core/workbook/shipped/notebooks -> ../../../notebooks) stay links
             shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
         else:
             shutil.copy2(ROOT / name, source / name)
@@ -77,7 +77,7 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, Path]:
 
 def test_the_wheel_ships_the_notebooks_and_labs_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {n.split("mcm_core/workbook/", 1)[1] for n in names if n.startswith("mcm_core/workbook/")}
+    shipped = {n.split("mcm_core/workbook/shipped/", 1)[1] for n in names if n.startswith("mcm_core/workbook/shipped/")}
     assert {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= shipped
     assert {f"labs/{p.name}" for p in (ROOT / "labs").glob("*.yaml")} <= shipped
     assert "mcm_core/assets/mcm_tiny_shapes.safetensors" in names
@@ -104,12 +104,13 @@ def test_the_installed_package_runs_from_an_empty_folder_and_writes_nothing_into
          "--model", SMALL, "--eval-size", "16", "--no-progress", "--out-dir", "runs/tiny"], empty, env)
     run([str(python), "-m", "mcm_core", "eval", "--checkpoint", "runs/tiny", "--size", "16",
          "--output", "eval.json"], empty, env)
-    assert "0_mask_ratio-0.0" in run([str(python), "-m", "mcm_core.labs", "check", "mask_ratio_sweep"], empty, env)
+    checked = run([str(python), "-m", "mcm_core.workbook.labs", "check", "mask_ratio_sweep"], empty, env)
+    assert "0_mask_ratio-0.0" in checked
     (empty / "one.yaml").write_text(yaml.safe_dump({
         "notebook": "01_train_mcm", "runs": [{"mask_ratio": 0.5}], "time_budget_s": 300,
         "metrics": ["concept_macro_f1", "final_loss"]}))
-    run([str(python), "-m", "mcm_core.labs", "run", "one.yaml", "--smoke"], empty, env)
-    run([str(python), "-m", "mcm_core.handouts", "build"], empty, env)
+    run([str(python), "-m", "mcm_core.workbook.labs", "run", "one.yaml", "--smoke"], empty, env)
+    run([str(python), "-m", "mcm_core.workbook.handouts", "build"], empty, env)
     figure = run([str(python), "-c", "import numpy as np; from mcm_core import viz; "
                   "print(viz.save_figure(viz.show_images(np.zeros((1, 3, 8, 8))), 'wheel'))"], empty, env)
 
@@ -121,7 +122,7 @@ def test_the_installed_package_runs_from_an_empty_folder_and_writes_nothing_into
     assert ",ok," in summary, summary
     assert sorted((lab / "0" / "figures").glob("01_*.png")) and (lab / "0" / "checkpoint_smoke").is_dir()
     assert len(list((empty / "handouts").glob("[0-9][0-9]_*.ipynb"))) == len(list(
-        (package / "workbook" / "notebooks").glob("*.ipynb")))
+        (package / "workbook" / "shipped" / "notebooks").glob("*.ipynb")))
     assert Path(figure.strip().splitlines()[-1]) == empty / "figures" / "wheel.png"
     assert sorted(p.name for p in empty.iterdir()) == ["eval.json", "figures", "handouts", "one.yaml", "outputs",
                                                        "runs"]

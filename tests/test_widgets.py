@@ -1,4 +1,4 @@
-"""The interpolation widget (mcm_core.widgets): its callbacks re-render, it shows as a widget.
+"""The interpolation widget (mcm_core.workbook.widgets): its callbacks re-render, it shows as a widget.
 
 No kernel is needed: setting a control's ``.value`` runs its observers synchronously, and
 the figure is written into the ``Output`` widget's ``outputs`` as one PNG item.
@@ -17,7 +17,7 @@ import torch
 from mcm_core import interpolation as mi
 from mcm_core.masking import num_hidden
 from mcm_core.models import build_model
-from mcm_core.widgets import InterpolationWidget, figure_png
+from mcm_core.workbook.widgets import InterpolationWidget, figure_png
 
 K, L, S = 4, 16, 16
 NAMES = ["red", "blue", "large", "dark"]
@@ -130,3 +130,9 @@ def test_bad_arguments_name_the_problem(model, images):
         InterpolationWidget(model, images, concept_names=["a", "b"])
     with pytest.raises(TypeError, match="needs an MCM"):
         InterpolationWidget(build_model("mae", "tiny", img_size=S), images)
+
+
+def test_the_old_module_path_re_exports_the_widget():
+    from mcm_core import widgets as old
+
+    assert old.InterpolationWidget is InterpolationWidget and old.figure_png is figure_png

@@ -1,70 +1,46 @@
-"""Where the workbook's folders are: given by the caller, else under the current directory, else shipped.
+"""The course tooling: what the notebooks call, and the commands that run, grade and hand them out.
 
-Paths never come from where the source files are. Every command that reads or writes a folder
-takes it as an argument (``--notebooks``, ``--labs``, ``--output``) whose default is relative to
-the current directory: ``notebooks/``, ``labs/``, ``outputs/...``, ``handouts/``, ``figures/``.
+The last layer of mcm_core (data -> masking -> models -> train -> evaluate -> analysis -> viz ->
+workbook): it imports the others, nothing imports it::
 
-The workbook's notebooks and lab files also ship inside the package (``mcm_core/workbook/notebooks``
-and ``mcm_core/workbook/labs``; in the repository these are links to ``notebooks/`` and ``labs/``),
-so an installed package run from an empty folder still finds them: :func:`input_folder` falls
-back to them when the current directory has none. They are read, never written: a notebook run
-from the shipped folder gets its own working directory (see :func:`is_shipped`).
+    mcm_core/workbook/
+      folders.py      where notebooks/ and labs/ are: given, else ./notebooks, else shipped/
+      params.py       a notebook's parameters cell: parameters(), Range, smoke mode, setup()
+      metrics.py      record_metrics(): what a notebook reports to a lab
+      checkpoints.py  checkpoint_matches(), workbook_checkpoint(), SHIPPED_CHECKPOINT
+      training.py     train_or_load(): train a config, or load its finished run
+      widgets.py      InterpolationWidget (notebook 03)
+      lab_spec.py     a lab file read and checked           \\
+      lab_runs.py     its runs, papermill in parallel        > python -m mcm_core.workbook.labs run|summary|check
+      lab_summary.py  summary.csv and summary.png           /
+      labs.py         the labs' command line
+      handouts.py     student copies without the solutions:  python -m mcm_core.workbook.handouts build|check
+      shipped/        notebooks/ and labs/ shipped with the package (links in the repository)
+
+A notebook's first cells, for example::
+
+    from mcm_core.workbook import Range, parameters, setup, train_or_load
+
+    params = parameters(globals(), {"steps": Range(1, 10**7), "lr": Range(1e-6, 1.0), "checkpoint_path": str},
+                        smoke_caps={"steps": 6}, smoke_folder="checkpoint_path")
+    generator = setup(seed)
+
+This package exports the folder functions and the notebook helpers; the widgets, labs and
+handouts are imported from their modules (``from mcm_core.workbook.widgets import ...``), so
+``import mcm_core.workbook`` stays light and ``python -m`` runs the command modules cleanly.
 """
 from __future__ import annotations
 
-import os
-from importlib import resources
-from pathlib import Path
+from mcm_core.workbook.folders import LABS, NOTEBOOKS, SHIPPED, input_folder, is_shipped, package_dirs, shipped_folder
+from mcm_core.workbook.params import (
+    STANDARD, Range, injected_parameters, notebook_params, parameters, resolve_params, setup, smoke_from_env,
+    spec_entry,
+)
+from mcm_core.workbook.metrics import METRICS_ENV, record_metrics
+from mcm_core.workbook.checkpoints import SHIPPED_CHECKPOINT, checkpoint_matches, workbook_checkpoint
+from mcm_core.workbook.training import TrainedRun, train_or_load
 
-__all__ = ["NOTEBOOKS", "LABS", "shipped_folder", "is_shipped", "input_folder"]
-
-NOTEBOOKS, LABS = "notebooks", "labs"  # the shipped folders, and the default folder names in the current directory
-
-
-def shipped_folder(kind: str) -> Path | None:
-    """The package's own copy of ``kind`` (``"notebooks"`` or ``"labs"``), None when it is not installed."""
-    if kind not in (NOTEBOOKS, LABS):
-        raise ValueError(f"kind must be {NOTEBOOKS!r} or {LABS!r}, got {kind!r}")
-    try:
-        folder = Path(str(resources.files(__name__) / kind))
-    except (TypeError, ModuleNotFoundError):  # not a file-system package (e.g. a zip)
-        return None
-    return folder if folder.is_dir() else None
-
-
-def package_dirs() -> list[Path]:
-    """The package folder, as written and with links resolved (the repository links ``notebooks/`` in)."""
-    here = Path(os.path.abspath(Path(__file__).parent.parent))
-    return list(dict.fromkeys([here, here.resolve()]))
-
-
-def is_shipped(path: str | Path) -> bool:
-    """Whether ``path`` lies inside the installed package (a shipped notebook or lab): never write there."""
-    path = Path(os.path.abspath(path))
-    candidates = {path, path.resolve()}
-    return any(p.is_relative_to(d) for p in candidates for d in package_dirs())
-
-
-def input_folder(given: str | Path | None, kind: str, option: str) -> Path:
-    """The folder of ``kind`` to read from, as an absolute path.
-
-    Args:
-        given: the caller's folder; it must exist.
-        kind: ``"notebooks"`` or ``"labs"``: without ``given``, ``./<kind>`` if it exists, else the
-            package's shipped copy.
-        option: the command-line option that sets it, named in the error.
-    Raises:
-        FileNotFoundError: ``given`` does not exist, or neither default does; the message names ``option``.
-    """
-    if given is not None:
-        folder = Path(given)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no {kind} folder {folder}; pass an existing folder to {option}")
-        return Path(os.path.abspath(folder))
-    local = Path.cwd() / kind
-    if local.is_dir():
-        return local
-    shipped = shipped_folder(kind)
-    if shipped is not None:
-        return shipped
-    raise FileNotFoundError(f"no {kind} folder ./{kind}; run from the repository root or pass {option} DIR")
+__all__ = ["NOTEBOOKS", "LABS", "SHIPPED", "shipped_folder", "package_dirs", "is_shipped", "input_folder",
+           "Range", "STANDARD", "parameters", "spec_entry", "resolve_params", "notebook_params", "injected_parameters",
+           "smoke_from_env", "setup", "METRICS_ENV", "record_metrics", "SHIPPED_CHECKPOINT", "checkpoint_matches",
+           "workbook_checkpoint", "TrainedRun", "train_or_load"]
