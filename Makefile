@@ -35,11 +35,11 @@ browser-test: setup
 ## Run a lab (a notebook over a parameter grid; docs/instructors.md): make lab LAB=labs/mask_ratio_sweep.yaml [SMOKE=1]
 lab: setup
 	@test -n "$(LAB)" || { echo "LAB is not set: make lab LAB=labs/mask_ratio_sweep.yaml (labs/ holds the labs)"; exit 2; }
-	$(PY) -m mcm_core.labs run $(LAB) $(if $(SMOKE),--smoke)
+	$(PY) -m mcm_core.workbook.labs run $(LAB) $(if $(SMOKE),--smoke)
 
 ## Student copies of the notebooks without the solution cells, in handouts/ (commit them).
 handouts: setup
-	$(PY) -m mcm_core.handouts build
+	$(PY) -m mcm_core.workbook.handouts build
 
 bench: setup
 	$(PY) benchmarks/bench_data.py

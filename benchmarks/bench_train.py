@@ -56,11 +56,12 @@ import mcm_core  # noqa: E402
 from compile_check import compile_stats, reset_compile  # noqa: E402
 from mcm_core.choices import MASKINGS, PRECISIONS  # noqa: E402
 from mcm_core.config import TrainConfig, parse_overrides, read_yaml  # noqa: E402
+from mcm_core.devices import resolve_device  # noqa: E402
 from mcm_core.evaluate import count_flops, flop_counting  # noqa: E402
 from mcm_core.masking import num_hidden  # noqa: E402
 from mcm_core.models import make_config  # noqa: E402
 from mcm_core.models.backbone import PRESETS  # noqa: E402
-from mcm_core.train import Trainer, resolve_device  # noqa: E402
+from mcm_core.train import Trainer  # noqa: E402
 
 METHODS = ("mae", "mcm", "micl", "latent_mim")
 DATA_SIZE = 64  # images in the (untimed) shapes data set that sizes each model

@@ -6,7 +6,7 @@ step time``, so a costlier recipe gets fewer steps, as it would in a notebook), 
 on held-out images: by default the **val** split, so the search never sees the test split that
 the targets of docs/results.md are measured on (``--split test`` for those).
 
-Measures (``mcm_core.measures``, ``mcm_core.evaluate``): concept macro-F1 on full images (logit
+Measures (``mcm_core.evaluate.measures``, ``mcm_core.evaluate``): concept macro-F1 on full images (logit
 > 0), hidden-pixel PSNR at mask 0.5, colour fidelity and colour-edit following at the test-time
 mask ratios 0.1 ... 0.9, and ``mcm eval --edit``'s edit success at mask 0.75.
 
@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: make mcm_core 
 from mcm_core.config import TrainConfig  # noqa: E402
 from mcm_core.data import load_dataset  # noqa: E402
 from mcm_core.evaluate import concept_metrics, edit_success_rate, predict_concepts  # noqa: E402
-from mcm_core.measures import CURVE_RATIOS, measure_dataset  # noqa: E402
+from mcm_core.evaluate.measures import CURVE_RATIOS, measure_dataset  # noqa: E402
 from mcm_core.train import Trainer, fit  # noqa: E402
 
 # Today's notebook 01 recipe (2026-12-06): lr 1e-3, batch 64, mask 0.5, warm-up 50, float32.

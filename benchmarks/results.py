@@ -27,14 +27,15 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks.report`` imp
 
 from benchmarks.report import replace_section  # noqa: E402
 from mcm_core.checkpoint import package_versions  # noqa: E402
+from mcm_core.batches import training_data  # noqa: E402
 from mcm_core.config import TrainConfig  # noqa: E402
 from mcm_core.data import load_dataset  # noqa: E402
 from mcm_core.evaluate import (  # noqa: E402
-    class_accuracy, concept_metrics, count_flops, edit_success_rate, extract_features, linear_probe,
-    predict_concepts, training_flops_per_image,
+    class_accuracy, concept_metrics, edit_success_rate, extract_features, linear_probe,
+    predict_concepts, training_flops_per_step,
 )
 from mcm_core.models import has  # noqa: E402
-from mcm_core.train import Trainer, training_data  # noqa: E402
+from mcm_core.train import Trainer  # noqa: E402
 
 SHAPES_RUNS = [
     ("MCM, mask 0", dict(method="mcm", mask_ratio=0.0)),
@@ -60,15 +61,6 @@ def machine() -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def flops_per_step(trainer: Trainer, batch_size: int) -> float:
-    """Counted training FLOPs of one step (forward + backward, plus the EMA affinity pass if any)."""
-    images, targets = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
-    model, cfg = trainer.model, trainer.cfg
-    concepts = targets.float() if trainer.uses_concepts else None
-    per_image = training_flops_per_image(model, images, cfg.mask_ratio, concepts=concepts)
-    if trainer.ema is not None:
-        per_image += count_flops(lambda: trainer.ema.patch_affinity(images, kind=cfg.hierarchy_affinity)) / images.shape[0]
-    return per_image * batch_size
 
 
 def evaluate_run(model, cfg: TrainConfig, dataset_name: str, test_size: int, quick: bool) -> dict:
@@ -103,7 +95,7 @@ def run_one(label: str, spec: dict, dataset: str, args: argparse.Namespace, out_
                       warmup_steps=min(30, args.steps // 5 + 1), log_every=25, progress=False, seed=args.seed,
                       out_dir=str(out_dir / dataset / label.replace(" ", "_").replace(",", "")), **spec)
     trainer = Trainer(cfg)
-    step_flops = flops_per_step(trainer, cfg.batch_size)
+    step_flops = training_flops_per_step(trainer)
     start = time.perf_counter()
     result = trainer.run()
     wall = time.perf_counter() - start

@@ -2,9 +2,14 @@
 
 The library behind the MCM workbook: a shared ViT backbone, the MAE baseline,
 MCM (Multi-layer Concept Map) concept tokens, masking strategies, the training
-loop and the analysis tools. Data flows one way::
+loop and the analysis tools, packaged by role. Each layer imports only the ones
+before it (``docs/design.md`` draws the house)::
 
-    data -> masking -> models -> train -> evaluate -> viz -> widgets -> notebooks
+    choices -> data/ -> masking/ -> models/ -> train (+ batches, optim, devices, distributed,
+    checkpoint, export, config, runs) -> evaluate/ -> analysis/ -> viz/ -> workbook/
+
+``cli/`` (the ``mcm`` command) parses arguments and prints what ``train`` and ``evaluate``
+compute; ``workbook/`` is the course tooling (notebook helpers, widgets, labs, handouts).
 
 The common entry points are available at the top level (imported on first use,
 so ``import mcm_core`` stays fast): ``build_model``, ``load_dataset``, ``fit``,

@@ -28,7 +28,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mcm_core.models.registry import build_from_dict, config_to_dict
+from mcm_core.models import build_from_dict, config_to_dict
 from mcm_core.runs import CHECKPOINT_NAME  # the checkpoint's name inside a run folder
 
 FORMAT = "mcm_core.checkpoint/1"

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from mcm_core.config import TrainConfig
-from mcm_core.models.schedules import cosine_schedule
+from mcm_core.models.layers import cosine_schedule
 
 
 def param_groups(model: nn.Module, weight_decay: float, patch_embed_lr_scale: float = 1.0) -> list[dict[str, Any]]:

@@ -47,15 +47,11 @@ from mcm_core.config import TrainConfig, config_changes
 from mcm_core.devices import explicit_attention, resolve_device, use_bf16
 from mcm_core.masking import make_masker
 from mcm_core.models import has
-from mcm_core.models.mae import ModelOutput
-from mcm_core.models.schedules import ema_update
+from mcm_core.models.layers import ema_update
+from mcm_core.models.outputs import ModelOutput
 from mcm_core.optim import apply_optimizer_settings, make_optimizer
 from mcm_core.runs import HISTORY_NAME, StopSignals, TrainingInterrupted, clean_stale_temporaries
 
-# Moved next to this module; re-exported here until the notebooks, tests and benchmarks import them from there.
-from mcm_core.batches import OneHotTargets  # noqa: F401
-from mcm_core.devices import cpu_bf16_supported  # noqa: F401
-from mcm_core.optim import fused_adamw_supported, lr_lambda, param_groups  # noqa: F401
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 

@@ -4,7 +4,7 @@ Notebooks 02 and 03 use it by default for their figures, notebook 01 shows it ne
 run. The shipped file holds the model weights only, stored as float16
 (half the size; loading casts them back to float32), with the run's config, final step, metrics and
 training command in its metadata. Also measures it on the held-out **test** split (concept macro-F1,
-``mcm_core.measures`` at the curve's mask ratios, edit success at 0.75, in float32 and in float16) and
+``mcm_core.evaluate.measures`` at the curve's mask ratios, edit success at 0.75, in float32 and in float16) and
 writes ``mcm_core/assets/README.md`` so the numbers travel with the file.
 
 Usage (the command that made the shipped checkpoint is in mcm_core/assets/README.md):
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mcm_core.checkpoint import load_checkpoint, save_checkpoint
-from mcm_core.notebook import SHIPPED_CHECKPOINT
+from mcm_core.workbook import SHIPPED_CHECKPOINT
 
 
 def train_command(cfg: dict, out_dir: str = "runs/reference") -> str:
@@ -40,7 +40,7 @@ def test_measures(model: torch.nn.Module, num_images: int = 600) -> dict:
     """Macro-F1 on 2,000 test images, the measures curve and edit success at 0.75 on the first ``num_images``."""
     from mcm_core.data import load_dataset
     from mcm_core.evaluate import concept_metrics, edit_success_rate, predict_concepts
-    from mcm_core.measures import measure_dataset
+    from mcm_core.evaluate.measures import measure_dataset
 
     test = load_dataset("shapes", split="test")
     logits, targets = predict_concepts(model, test, batch_size=200)
@@ -68,7 +68,7 @@ def readme(cfg: dict, metrics: dict, size_mb: float, measured: dict, wall_s: flo
         "",
         "`mcm_tiny_shapes.safetensors` is the reference MCM of the workbook: notebook 01's recipe trained "
         "longer. Notebooks 02 and 03 use it by default (`use_reference=False` switches them to your run), "
-        "and fall back to it when notebook 01's run is missing (`mcm_core.notebook.workbook_checkpoint`); "
+        "and fall back to it when notebook 01's run is missing (`mcm_core.workbook.workbook_checkpoint`); "
         "notebook 01 shows it next to your run. Weights only, stored as float16 "
         f"({size_mb:.1f} MB); loading casts them back to float32.",
         "",

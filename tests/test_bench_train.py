@@ -23,7 +23,7 @@ def check_row(row: dict) -> None:
     for name in FIELDS:
         assert name in row, name
     assert row["preset"] == "tiny" and row["batch_size"] == 4 and row["device"]
-    from mcm_core.train import cpu_bf16_supported
+    from mcm_core.devices import cpu_bf16_supported
 
     # CPU: bf16 autocast where bf16 matrix products are native (precision=auto), never compiled unless asked
     assert row["precision"] == ("bf16" if cpu_bf16_supported() else "fp32") and row["compile"] is False

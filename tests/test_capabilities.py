@@ -10,20 +10,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mcm_core import choices, cli, config, data
-from mcm_core import interpolation as mi
+from mcm_core.analysis import interpolation as mi
 from mcm_core.config import TrainConfig
 from mcm_core.evaluate import edit_success_rate, extract_features, predict_concepts, reconstruction_metrics
+from mcm_core.evaluate.reconstruction import check_editable
 from mcm_core.masking import MASKERS, num_hidden
 from mcm_core.models import (
-    CAPABILITIES, ImageModel, build_model, has, make_config, model_names, register_model,
+    CAPABILITIES, ImageModel, ModelOutput, build_model, has, make_config, model_class, model_names, register_model,
+    unregister_model,
 )
 from mcm_core.models.backbone import BackboneConfig, ViTEncoder
 from mcm_core.models.latent_mim import ema_momentum
-from mcm_core.models.mae import ModelOutput
+from mcm_core.models.layers import cosine_schedule, ema_update
 from mcm_core.models.mcm import MultiLayerConceptMap
-from mcm_core.models.registry import MODELS
-from mcm_core.models.schedules import cosine_schedule, ema_update
-from mcm_core.train import Trainer, lr_lambda
+from mcm_core.optim import lr_lambda
+from mcm_core.train import Trainer
 
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 16, "decoder_num_heads": 2}
 EXPECTED = {  # name -> (uses_concepts, reconstructs_pixels, can_edit)
@@ -86,7 +87,7 @@ def registered():
 
     yield add
     for name in added:
-        MODELS.pop(name)
+        unregister_model(name)
 
 
 def probe_trainer(tmp_path, method: str) -> Trainer:
@@ -99,7 +100,7 @@ def probe_trainer(tmp_path, method: str) -> Trainer:
 # --------------------------------------------------------------------------- capabilities
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_registered_model_declares_its_capabilities(name):
-    cls = MODELS[name]
+    cls = model_class(name)
     assert all(isinstance(getattr(cls, c), bool) for c in CAPABILITIES)
     assert tuple(has(cls, c) for c in CAPABILITIES) == EXPECTED[name]
     assert tuple(has(name, c) for c in CAPABILITIES) == EXPECTED[name]  # by registered name, before a model exists
@@ -117,7 +118,7 @@ def test_registering_a_class_without_the_protocol_is_refused():
         register_model("bare")(Bare)
     with pytest.raises(TypeError, match="can_edit = True, which needs reconstructs_pixels = True"):
         register_model("edits_without_pixels")(EditsWithoutPixels)
-    assert "bare" not in MODELS and "edits_without_pixels" not in MODELS
+    assert "bare" not in model_names() and "edits_without_pixels" not in model_names()
     with pytest.raises(ValueError, match="unknown capability 'edits'"):
         has(MultiLayerConceptMap, "edits")
 
@@ -153,7 +154,7 @@ def test_cli_and_evaluate_follow_the_attributes_of_a_new_model(tmp_path, registe
     with pytest.raises(TypeError, match=r"ConceptProbe has no pixel decoder \(reconstructs_pixels = False\)"):
         reconstruction_metrics(model, images, 0.5)
     with pytest.raises(TypeError, match=r"has no editable concept tokens \(can_edit = False\)"):
-        mi.check_mcm(model)
+        check_editable(model)
 
 
 def test_a_model_with_the_methods_but_not_the_capability_is_refused():
@@ -164,7 +165,7 @@ def test_a_model_with_the_methods_but_not_the_capability_is_refused():
     model = NoEdit(make_config("mcm", "tiny", num_concepts=3, **SMALL))
     images, labels = torch.rand(2, 3, 32, 32), torch.ones(2, 3)
     assert callable(model.edit) and not cli.has_capability(model, "can_edit")
-    for call in (lambda: mi.check_mcm(model), lambda: edit_success_rate(model, images, labels)):
+    for call in (lambda: check_editable(model), lambda: edit_success_rate(model, images, labels)):
         with pytest.raises(TypeError, match=r"NoEdit has no editable concept tokens \(can_edit = False\)"):
             call()
     assert cli.has_capability(model, "uses_concepts") and cli.no_reconstruction(model) is None

@@ -8,9 +8,10 @@ import pytest
 
 matplotlib.use("Agg")
 
-from mcm_core.compare_viz import plot_accuracy_vs_flops, summarize  # noqa: E402
-
-
+from mcm_core.analysis.compare import directions, markdown_table, summarize  # noqa: E402
+from mcm_core.evaluate import comparison  # noqa: E402
+from mcm_core.evaluate.comparison import ComparisonSettings, load_rows  # noqa: E402
+from mcm_core.viz.compare import plot_accuracy_vs_flops  # noqa: E402
 
 
 def fake_rows() -> list[dict]:
@@ -37,14 +38,37 @@ def test_summarize_rejects_rows_without_a_method():
         summarize([{"dataset": "shapes"}])
 
 
-def test_directions_are_computed_from_the_numbers(benchmark_script):
-    compare = benchmark_script("compare_methods")
-    verdicts = {d["key"]: d["verdict"] for d in compare.directions(summarize(fake_rows()))}
+def test_directions_are_computed_from_the_numbers():
+    verdicts = {d["key"]: d["verdict"] for d in directions(summarize(fake_rows()))}
     assert verdicts["micl"] == "holds"  # kNN 0.65 > MAE's 0.6
     assert verdicts["latent_mim"].startswith("not measured (ImportError")
     rows = fake_rows()
     rows[2]["knn_acc"] = 0.5
-    assert {d["key"]: d["verdict"] for d in compare.directions(summarize(rows))}["micl"] == "does not hold"
+    assert {d["key"]: d["verdict"] for d in directions(summarize(rows))}["micl"] == "does not hold"
+
+
+def test_markdown_table_has_one_row_per_method_with_its_verdict():
+    lines = markdown_table(summarize(fake_rows()))
+    assert len(lines) == 2 + 3
+    assert lines[2].startswith("| MAE | 0.600 | 0.700 | 0.500 | 2.000 | 15.0 | baseline |")
+    assert lines[3].endswith("| holds |") and "skipped: ImportError: not yet" in lines[4]
+
+
+def test_settings_are_checked_and_quick_shrinks_the_sets():
+    quick = ComparisonSettings(quick=True).checked()
+    assert (quick.train_size, quick.eval_train, quick.eval_test) == (512, 160, 80)
+    assert ComparisonSettings().checked() == ComparisonSettings()
+    assert "device" not in quick.row() and quick.row()["preset"] == "tiny"
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        ComparisonSettings(steps=0).checked()
+    with pytest.raises(ValueError, match="the features data"):
+        ComparisonSettings(dataset="shapes").checked()
+
+
+def test_the_script_names_the_bad_flag(benchmark_script, capsys):
+    with pytest.raises(SystemExit):
+        benchmark_script("compare_methods").parse_args(["--eval-test", "0"])
+    assert "--eval-test must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_plot_has_one_marker_per_method_and_names_the_skipped():
@@ -65,7 +89,7 @@ def test_plot_rejects_unknown_metrics_and_empty_input():
 
 def test_script_smoke_every_method_present_or_skipped(tmp_path, monkeypatch, benchmark_script):
     compare = benchmark_script("compare_methods")
-    monkeypatch.setattr(compare, "METHODS", compare.METHODS + [
+    monkeypatch.setattr(comparison, "METHODS", comparison.METHODS + [
         ("ghost", "a method that is not registered", dict(method="no_such_method", masking="random", mask_ratio=None))])
     report, out = tmp_path / "compare.md", tmp_path / "runs"
     assert compare.main(["--steps", "2", "--batch-size", "8", "--quick", "--out", str(out), "--report", str(report)]) == 0
@@ -91,6 +115,7 @@ def test_script_smoke_every_method_present_or_skipped(tmp_path, monkeypatch, ben
     assert compare.main(["--steps", "2", "--batch-size", "8", "--quick", "--out", str(out), "--report", str(report),
                          "--resume"]) == 0  # every run is in the log: nothing is trained again
     assert (out / "compare.jsonl").read_text().count("\n") == lines.count("\n") + 1  # only the ghost's skip row
-    settings = rows[0]["settings"]
-    assert compare.load_rows(out / "compare.jsonl", settings) is not None
-    assert compare.load_rows(out / "compare.jsonl", {**settings, "steps": 3}) is None
+    settings = compare.parse_args(["--steps", "2", "--batch-size", "8", "--quick"]).settings
+    assert rows[0]["settings"] == settings.row()
+    assert load_rows(out / "compare.jsonl", settings) is not None
+    assert load_rows(out / "compare.jsonl", ComparisonSettings(**{**settings.__dict__, "steps": 3})) is None

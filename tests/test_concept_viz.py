@@ -1,4 +1,4 @@
-"""mcm_core.concept_viz: concept read-outs of an MCM and the figures of notebook 02 (Agg backend)."""
+"""MCM concept read-outs (mcm_core.analysis.concepts) and notebook 02's figures (mcm_core.viz.concepts), Agg backend."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,10 +10,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mcm_core import concept_viz as cv
+from mcm_core.analysis import concepts as ac
 from mcm_core.evaluate import concept_metrics
 from mcm_core.models import build_model
 from mcm_core.models.mcm import concept_map
+from mcm_core.viz import concepts as cv
 
 K, PATCH = 3, 4
 NAMES = ["red", "square", "large"]
@@ -42,7 +43,7 @@ def titles(fig: Figure) -> list[str]:
 # --------------------------------------------------------------------------- reading the model
 def test_attention_to_patches_scatters_to_image_order_with_nan_at_hidden():
     att = torch.tensor([[0.25, 0.75], [0.5, 0.5]])[None, :, None, :]  # (B=1, heads=2, K=1, N_vis=2)
-    out = cv.attention_to_patches(att, torch.tensor([[3, 1]]), num_patches=4)
+    out = ac.attention_to_patches(att, torch.tensor([[3, 1]]), num_patches=4)
     assert out.shape == (1, 1, 4)
     assert torch.isnan(out[0, 0, [0, 2]]).all()  # hidden patches
     assert out[0, 0, 3] == pytest.approx(0.375) and out[0, 0, 1] == pytest.approx(0.625)  # head mean
@@ -50,12 +51,12 @@ def test_attention_to_patches_scatters_to_image_order_with_nan_at_hidden():
 
 def test_attention_to_patches_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="N_vis"):
-        cv.attention_to_patches(torch.rand(1, 2, 3, 5), torch.zeros(1, 4, dtype=torch.long), 8)
+        ac.attention_to_patches(torch.rand(1, 2, 3, 5), torch.zeros(1, 4, dtype=torch.long), 8)
 
 
 def test_read_concepts_shapes_and_attention_sums(images):
     model = small_mcm()
-    out = cv.read_concepts(model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0), batch_size=2)
+    out = ac.read_concepts(model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0), batch_size=2)
     depth, n, L, D = 4, 5, 16, 32
     assert out.attention.shape == (depth, n, K, L)
     assert out.snapshots.shape == (depth, n, K, D)
@@ -70,8 +71,8 @@ def test_read_concepts_shapes_and_attention_sums(images):
 
 def test_read_concepts_matches_the_model_and_is_batch_independent(images):
     model = small_mcm().eval()
-    out = cv.read_concepts(model, images, batch_size=2)
-    one = cv.read_concepts(model, images, batch_size=5)
+    out = ac.read_concepts(model, images, batch_size=2)
+    one = ac.read_concepts(model, images, batch_size=5)
     assert torch.allclose(out.snapshots, one.snapshots, atol=1e-5)
     with torch.no_grad():
         logits = model.layer_logits(model.forward_encoder(images, 0.0).concepts)  # (depth, N, K)
@@ -80,10 +81,10 @@ def test_read_concepts_matches_the_model_and_is_batch_independent(images):
 
 def test_read_concepts_rejects_non_mcm_and_bad_images(images):
     with pytest.raises(TypeError, match="MCM"):
-        cv.read_concepts(build_model("mae", "tiny", img_size=16, embed_dim=32, depth=2, num_heads=2,
+        ac.read_concepts(build_model("mae", "tiny", img_size=16, embed_dim=32, depth=2, num_heads=2,
                                      decoder_embed_dim=16, decoder_num_heads=2), images)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        cv.read_concepts(small_mcm(), images[0])
+        ac.read_concepts(small_mcm(), images[0])
 
 
 # --------------------------------------------------------------------------- attention figures
@@ -118,35 +119,35 @@ def test_patch_coverage_pools_object_pixels_per_patch():
     masks = torch.zeros(1, 8, 8, dtype=torch.long)
     masks[0, :4, :4] = 1  # top-left patch fully covered
     masks[0, 4:6, 4:8] = 2  # bottom-right patch half covered
-    cov = cv.patch_coverage(masks, 4)
+    cov = ac.patch_coverage(masks, 4)
     assert cov.shape == (1, 4)
     assert cov.tolist() == [[1.0, 0.0, 0.0, 0.5]]
     with pytest.raises(ValueError, match="dividing"):
-        cv.patch_coverage(masks, 3)
+        ac.patch_coverage(masks, 3)
 
 
 def test_attention_on_objects_is_one_for_uniform_and_above_one_on_the_object():
     cov = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # object on patch 0: a quarter of the image
     uniform = torch.full((2, 1, K, 4), 0.25)
-    assert torch.allclose(cv.attention_on_objects(uniform, cov), torch.ones(2, K))
+    assert torch.allclose(ac.attention_on_objects(uniform, cov), torch.ones(2, K))
     focused = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(2, 1, K, 4)
-    assert torch.allclose(cv.attention_on_objects(focused, cov), torch.full((2, K), 4.0))
+    assert torch.allclose(ac.attention_on_objects(focused, cov), torch.full((2, K), 4.0))
     with pytest.raises(ValueError, match="same N and L"):
-        cv.attention_on_objects(uniform, torch.ones(2, 4))
+        ac.attention_on_objects(uniform, torch.ones(2, 4))
 
 
 # --------------------------------------------------------------------------- tokens
 def test_cosine_similarity_matrix_batched():
     vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
-    sim = cv.cosine_similarity_matrix(torch.stack([vectors, vectors]))
+    sim = ac.cosine_similarity_matrix(torch.stack([vectors, vectors]))
     assert sim.shape == (2, 3, 3)
     assert torch.allclose(sim[0], torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]))
     with pytest.raises(ValueError, match=r"\(\.\.\., K, D\)"):
-        cv.cosine_similarity_matrix(torch.ones(3))
+        ac.cosine_similarity_matrix(torch.ones(3))
 
 
 def test_plot_similarity_matrices_one_panel_each_and_a_colour_bar():
-    mats = cv.cosine_similarity_matrix(torch.randn(4, K, 8))
+    mats = ac.cosine_similarity_matrix(torch.randn(4, K, 8))
     fig = cv.plot_similarity_matrices(mats, NAMES, [f"layer {i}" for i in range(4)])
     assert len(fig.axes) == 4 + 1
     assert titles(fig)[:4] == [f"layer {i}" for i in range(4)]
@@ -160,18 +161,18 @@ def test_plot_similarity_matrices_one_panel_each_and_a_colour_bar():
 def test_pca_2d_finds_the_spread_direction_deterministically():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 5, generator=g) * torch.tensor([10.0, 0.1, 3.0, 0.1, 0.1])
-    xy, explained = cv.pca_2d(x)
+    xy, explained = ac.pca_2d(x)
     assert xy.shape == (200, 2) and explained.shape == (2,)
     assert explained[0] > explained[1] > 0 and float(explained.sum()) <= 1.0 + 1e-6
     assert abs(torch.corrcoef(torch.stack([xy[:, 0], x[:, 0]]))[0, 1]) > 0.99  # PC1 = the widest axis
-    again, _ = cv.pca_2d(x.numpy())
+    again, _ = ac.pca_2d(x.numpy())
     assert torch.equal(xy, again)
     with pytest.raises(ValueError, match="N >= 2"):
-        cv.pca_2d(torch.ones(1, 4))
+        ac.pca_2d(torch.ones(1, 4))
 
 
 def test_pca_2d_one_dimensional_data_pads_the_second_component():
-    xy, explained = cv.pca_2d(torch.arange(6.0)[:, None])
+    xy, explained = ac.pca_2d(torch.arange(6.0)[:, None])
     assert xy.shape == (6, 2) and torch.all(xy[:, 1] == 0) and explained.tolist() == pytest.approx([1.0, 0.0])
 
 
@@ -218,19 +219,19 @@ def test_plot_confusion_grid_from_a_concept_report():
 def test_conditional_rates_rows_condition_on_the_given_concept():
     given = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0]])
     outcome = torch.tensor([[1, 1], [0, 1], [0, 0], [1, 0]])
-    rates = cv.conditional_rates(given, outcome)
+    rates = ac.conditional_rates(given, outcome)
     assert rates.tolist() == [[pytest.approx(2 / 3), pytest.approx(2 / 3)], [0.0, 0.5]]
-    never = cv.conditional_rates(torch.tensor([[1, 0]]), torch.tensor([[1, 1]]))
+    never = ac.conditional_rates(torch.tensor([[1, 0]]), torch.tensor([[1, 1]]))
     assert torch.isnan(never[1]).all()
     with pytest.raises(ValueError, match="only 0 and 1"):
-        cv.conditional_rates(given * 2, outcome)
+        ac.conditional_rates(given * 2, outcome)
     with pytest.raises(ValueError, match=r"both be \(N, K\)"):
-        cv.conditional_rates(given, outcome[:3])
+        ac.conditional_rates(given, outcome[:3])
 
 
 def test_plot_co_prediction_two_panels_with_colour_bars():
     labels = (torch.rand(50, K, generator=torch.Generator().manual_seed(1)) > 0.5).float()
-    fig = cv.plot_co_prediction(cv.conditional_rates(labels, labels.flip(1)), cv.conditional_rates(labels, labels),
+    fig = cv.plot_co_prediction(ac.conditional_rates(labels, labels.flip(1)), ac.conditional_rates(labels, labels),
                                 NAMES)
     assert len(fig.axes) == 4  # two heatmaps, two colour bars
     assert all(ax.get_xlabel() == "concept j" for ax in fig.axes[:2])

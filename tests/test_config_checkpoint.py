@@ -115,7 +115,7 @@ def test_float16_storage_halves_the_file_and_loads_back_as_float32(tmp_path):
 
 
 def test_workbook_checkpoint_prefers_notebook_01_run_then_the_shipped_one(tmp_path, capsys):
-    from mcm_core.notebook import SHIPPED_CHECKPOINT, workbook_checkpoint
+    from mcm_core.workbook import SHIPPED_CHECKPOINT, workbook_checkpoint
 
     assert workbook_checkpoint(tmp_path / "missing") == SHIPPED_CHECKPOINT
     assert "shipped" in capsys.readouterr().out
@@ -128,7 +128,7 @@ def test_workbook_checkpoint_prefers_notebook_01_run_then_the_shipped_one(tmp_pa
 
 
 def test_the_shipped_checkpoint_is_a_trained_mcm_on_shapes():
-    from mcm_core.notebook import SHIPPED_CHECKPOINT
+    from mcm_core.workbook import SHIPPED_CHECKPOINT
 
     assert SHIPPED_CHECKPOINT.stat().st_size < 8 * 2**20, "the shipped checkpoint should stay a few MB"
     model, info = load_checkpoint(SHIPPED_CHECKPOINT)

@@ -1,4 +1,4 @@
-"""MiCL's figure functions (mcm_core.contrastive_viz): fast, Agg backend."""
+"""MiCL's figure functions (mcm_core.viz.contrastive): fast, Agg backend."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mcm_core import contrastive_viz as cviz
+from mcm_core.viz import contrastive as cviz
 
 PATCH = 4  # 16x16 images -> a 4x4 grid, L = 16
 

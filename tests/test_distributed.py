@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from mcm_core import distributed
+from mcm_core.batches import step_seed
 from mcm_core.checkpoint import load_checkpoint
 from mcm_core.config import TrainConfig
-from mcm_core.train import Trainer, step_seed
+from mcm_core.train import Trainer
 
 WORLD, STEPS, BATCH, SPLIT_AT = 2, 6, 16, 3
 SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 64, "decoder_num_heads": 2}

@@ -94,7 +94,7 @@ def test_per_concept_thresholds():
 
 def test_prior_thresholds_undo_the_frequency_weighting_of_the_concept_loss():
     """A logistic model fitted with the weighted loss is shifted by log((1 - f) / f): the prior threshold undoes it."""
-    from mcm_core.models.concept_loss import concept_prior, register_concept_weights, weighted_concept_bce
+    from mcm_core.models.losses import concept_prior, register_concept_weights, weighted_concept_bce
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(20000, 1, generator=gen)

@@ -19,7 +19,9 @@ from mcm_core.data.shapes_render import u8_to_float
 from mcm_core.masking import block_mask, ids_from_mask, make_masker, num_hidden, random_mask
 from mcm_core.models import build_model
 from mcm_core.models.backbone import mask_ids
-from mcm_core.train import Trainer, ema_update, param_groups
+from mcm_core.models.layers import ema_update
+from mcm_core.optim import param_groups
+from mcm_core.train import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (method, training mask ratio, model overrides): every method, and the switches with their own code paths.

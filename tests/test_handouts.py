@@ -180,10 +180,3 @@ def test_handouts_keep_the_relative_paths_working():
     assert HANDOUT_DIR.parent == NOTEBOOK_DIR.parent
     student = nbformat.read(HANDOUT_DIR / "01_train_mcm.ipynb", as_version=4)
     assert any('checkpoint_path = "../runs/01_train_mcm"' in c.source for c in student.cells)
-
-
-def test_the_old_module_path_re_exports_the_handouts():
-    from mcm_core import handouts as old
-
-    assert old.main is handouts.main and old.build_handouts is handouts.build_handouts
-    assert old.student_notebook is student_notebook and old.SOLUTION_TAG == SOLUTION_TAG

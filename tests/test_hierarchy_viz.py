@@ -1,4 +1,4 @@
-"""Figure functions for evolved hierarchical masking (mcm_core.hierarchy_viz): fast, Agg backend.
+"""Figures of evolved hierarchical masking (mcm_core.viz.hierarchy, mcm_core.analysis.hierarchy): fast, Agg backend.
 
 Trees come from the real clustering (``masking.build_tree``) on small grids, so the
 figures are driven by the same data structures the notebook draws.
@@ -15,8 +15,9 @@ import torch
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from mcm_core import hierarchy_viz as hv
+from mcm_core.analysis import hierarchy as ah
 from mcm_core.masking import build_tree, mask_whole_nodes
+from mcm_core.viz import hierarchy as hv
 
 PATCH, GRID = 4, (4, 4)  # 16x16 images, 16 patches
 L = GRID[0] * GRID[1]
@@ -69,17 +70,17 @@ def test_segment_overlay_rejects_labels_of_the_wrong_length(images):
 
 
 def test_boundary_segments_counts_edges_between_nodes():
-    assert hv.boundary_segments(torch.zeros(L, dtype=torch.long), GRID).shape == (0, 2, 2)
-    every = hv.boundary_segments(torch.arange(L), GRID)  # every patch its own node
+    assert ah.boundary_segments(torch.zeros(L, dtype=torch.long), GRID).shape == (0, 2, 2)
+    every = ah.boundary_segments(torch.arange(L), GRID)  # every patch its own node
     assert every.shape == (GRID[0] * (GRID[1] - 1) + (GRID[0] - 1) * GRID[1], 2, 2)
-    split = hv.boundary_segments(halves(), GRID)  # one vertical line at x = 2 through all 4 rows
+    split = ah.boundary_segments(halves(), GRID)  # one vertical line at x = 2 through all 4 rows
     assert split.shape == (4, 2, 2)
     assert np.all(split[:, :, 0] == 2) and sorted(split[:, 0, 1]) == [0, 1, 2, 3]
 
 
 def test_dendrogram_layout_places_every_subtree_contiguously(tree):
     merges = tree.merges[0]
-    order, x, y = hv.dendrogram_layout(merges, L)
+    order, x, y = ah.dendrogram_layout(merges, L)
     assert sorted(order.tolist()) == list(range(L))  # a permutation of the patches
     assert np.array_equal(x[order], np.arange(L)) and np.all(y[:L] == 0)
     assert np.array_equal(y[L:], np.arange(1, L))  # merge rank: monotone
@@ -99,7 +100,7 @@ def test_dendrogram_layout_places_every_subtree_contiguously(tree):
 ])
 def test_dendrogram_layout_rejects_broken_merges(bad, message):
     with pytest.raises(ValueError, match=message):
-        hv.dendrogram_layout(bad, L)
+        ah.dendrogram_layout(bad, L)
 
 
 # --------------------------------------------------------------------------- trees

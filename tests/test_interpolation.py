@@ -1,4 +1,5 @@
-"""Mask-ratio interpolation (mcm_core.interpolation): invariants, the widget's whole range, errors.
+"""Mask-ratio interpolation (mcm_core.analysis.interpolation; its figures, mcm_core.viz.interpolation):
+invariants, the widget's whole range, errors.
 
 A small untrained MCM (16 px, 16 patches, 5 concepts) keeps every test fast; what is
 checked holds for any weights: visible patches are copied, ratio 0 reproduces the input,
@@ -15,10 +16,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mcm_core import interpolation as mi
+from mcm_core.analysis import interpolation as mi
 from mcm_core.evaluate import edit_success_rate
-from mcm_core.masking import num_hidden, random_mask
+from mcm_core.masking import mask_noise, nested_mask, num_hidden, random_mask
 from mcm_core.models import build_model
+from mcm_core.viz import interpolation as vi
 
 N, K, L, P, S = 6, 5, 16, 4, 16
 NAMES = ["red", "green", "blue", "large", "dark"]
@@ -85,8 +87,8 @@ def test_mask_ratio_outside_zero_one_is_an_error(ratio):
 
 
 def test_nested_masks_grow_with_the_ratio_over_the_slider_range():
-    noise = mi.mask_noise(N, L, seeded(3))
-    masks = [mi.nested_mask(noise, r) for r in SLIDER]
+    noise = mask_noise(N, L, seeded(3))
+    masks = [nested_mask(noise, r) for r in SLIDER]
     for r, mask in zip(SLIDER, masks):
         assert mask.dtype == torch.bool and mask.shape == (N, L)
         assert (mask.sum(1) == num_hidden(L, r)).all()
@@ -95,12 +97,12 @@ def test_nested_masks_grow_with_the_ratio_over_the_slider_range():
 
 
 def test_mask_noise_draws_like_random_mask():
-    assert torch.equal(mi.nested_mask(mi.mask_noise(N, L, seeded(5)), 0.5), random_mask(N, L, 0.5, generator=seeded(5)))
+    assert torch.equal(nested_mask(mask_noise(N, L, seeded(5)), 0.5), random_mask(N, L, 0.5, generator=seeded(5)))
 
 
 # --------------------------------------------------------------------------- one view
 def test_interpolate_shapes_and_what_it_may_change(model, images):
-    noise = mi.mask_noise(N, L, seeded(0))
+    noise = mask_noise(N, L, seeded(0))
     view = mi.interpolate(model, images, 0.5, {0: 1, 3: 0}, noise)
     assert view.reconstruction.shape == view.edited.shape == images.shape
     assert view.mask.shape == (N, L) and view.states.shape == (N, K) and view.mask_ratio == 0.5
@@ -111,7 +113,7 @@ def test_interpolate_shapes_and_what_it_may_change(model, images):
 
 
 def test_decode_edited_is_model_edit(model, images):
-    noise = mi.mask_noise(N, L, seeded(0))
+    noise = mask_noise(N, L, seeded(0))
     view = mi.interpolate(model, images, 0.75, [1, -1, 0, -1, 1], noise)
     expected = model.edit(images, {0: 1, 2: 0, 4: 1}, mask=view.mask)
     torch.testing.assert_close(view.edited, expected)
@@ -119,81 +121,81 @@ def test_decode_edited_is_model_edit(model, images):
 
 @pytest.mark.parametrize("ratio", SLIDER)
 def test_every_slider_value_gives_a_consistent_view_and_figure(model, images, ratio):
-    noise = mi.mask_noise(2, L, seeded(1))
+    noise = mask_noise(2, L, seeded(1))
     view = mi.interpolate(model, images[:2], ratio, [-1] * K, noise)
     assert (view.mask.sum(1) == num_hidden(L, ratio)).all()
     torch.testing.assert_close(view.edited, view.reconstruction)  # all kept: the edit is the reconstruction
     if ratio == 0:
         assert torch.equal(view.reconstruction, images[:2])  # nothing hidden: the input itself
-    fig = mi.plot_interpolation(view, P, NAMES, titles=["a", "b"])
+    fig = vi.plot_interpolation(view, P, NAMES, titles=["a", "b"])
     assert isinstance(fig, Figure) and len(fig.axes) == 4 * 2  # input, visible, reconstruction, edited
     assert f"{num_hidden(L, ratio)}/{L} hidden" in fig.get_suptitle()
 
 
 @pytest.mark.parametrize("concept", range(K))
 def test_every_toggle_state_of_every_concept(model, images, concept):
-    noise = mi.mask_noise(2, L, seeded(2))
+    noise = mask_noise(2, L, seeded(2))
     outputs = {}
     for state in (mi.KEEP, 0, 1):
         states = [mi.KEEP] * K
         states[concept] = state
         view = mi.interpolate(model, images[:2], 0.75, states, noise)
         assert view.states[:, concept].tolist() == [state, state]
-        fig = mi.plot_interpolation(view, P, NAMES)
+        fig = vi.plot_interpolation(view, P, NAMES)
         assert ("no edit" if state == mi.KEEP else f"{NAMES[concept]}={state}") in fig.get_suptitle()
         outputs[state] = view.edited
     assert not torch.equal(outputs[0], outputs[1])  # the two states write different tokens
 
 
 def test_interpolate_is_deterministic_given_the_noise(model, images):
-    a = mi.interpolate(model, images, 0.5, {1: 1}, mi.mask_noise(N, L, seeded(7)))
-    b = mi.interpolate(model, images, 0.5, {1: 1}, mi.mask_noise(N, L, seeded(7)))
-    c = mi.interpolate(model, images, 0.5, {1: 1}, mi.mask_noise(N, L, seeded(8)))
+    a = mi.interpolate(model, images, 0.5, {1: 1}, mask_noise(N, L, seeded(7)))
+    b = mi.interpolate(model, images, 0.5, {1: 1}, mask_noise(N, L, seeded(7)))
+    c = mi.interpolate(model, images, 0.5, {1: 1}, mask_noise(N, L, seeded(8)))
     assert torch.equal(a.edited, b.edited) and torch.equal(a.mask, b.mask)
     assert not torch.equal(a.mask, c.mask)
 
 
 def test_interpolate_restores_train_mode(images):
     model = small_model().train()
-    mi.interpolate(model, images, 0.5, {}, mi.mask_noise(N, L, seeded()))
+    mi.interpolate(model, images, 0.5, {}, mask_noise(N, L, seeded()))
     assert model.training
 
 
 def test_interpolate_errors_name_the_problem(model, images):
-    noise = mi.mask_noise(N, L, seeded())
+    noise = mask_noise(N, L, seeded())
     with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\), got 1.0"):
         mi.interpolate(model, images, 1.0, {}, noise)
     with pytest.raises(ValueError, match="got 4 concept states but the model has 5 concepts"):
         mi.interpolate(model, images, 0.5, [1, 0, 1, 0], noise)
     with pytest.raises(ValueError, match=r"noise must have shape \(B, L\) = \(6, 16\)"):
         mi.interpolate(model, images, 0.5, {}, noise[:2])
-    with pytest.raises(TypeError, match="needs an MCM"):
+    with pytest.raises(TypeError, match="concept edits need"):
         mi.interpolate(small_model("mae"), images, 0.5, {}, noise)
     with pytest.raises(ValueError, match="norm_pix_loss"):
         mi.interpolate(small_model(norm_pix_loss=True), images, 0.5, {}, noise)
     view = mi.interpolate(model, images, 0.5, {}, noise)
     with pytest.raises(ValueError, match="got 2 concept names for 5 concept states"):
-        mi.plot_interpolation(view, P, NAMES[:2])
+        vi.plot_interpolation(view, P, NAMES[:2])
 
 
 # --------------------------------------------------------------------------- the grid
 def test_edit_grid_rows_nest_and_ratio_zero_is_the_input(model, images):
     ratios = [0.0, 0.25, 0.5, 0.9]
     edits = {"no edit": {}, "red on": {0: 1}, "large off": {3: 0}}
-    grid = mi.edit_grid(model, images[0], ratios, edits, mi.mask_noise(1, L, seeded(4)))
+    grid = mi.edit_grid(model, images[0], ratios, edits, mask_noise(1, L, seeded(4)))
     assert grid.outputs.shape == (4, 3, 3, S, S) and grid.masks.shape == (4, L)
     assert grid.labels == list(edits) and grid.states.shape == (3, K)
     assert all(torch.equal(grid.outputs[0, j], images[0]) for j in range(3))
     assert not (grid.masks[:-1] & ~grid.masks[1:]).any()
-    no_edit = mi.interpolate(model, images[:1], 0.5, {}, mi.mask_noise(1, L, seeded(4)))
+    no_edit = mi.interpolate(model, images[:1], 0.5, {}, mask_noise(1, L, seeded(4)))
     torch.testing.assert_close(grid.outputs[2, 0], no_edit.reconstruction[0])  # a cell is one interpolate call
-    fig = mi.plot_edit_grid(grid, P)
+    fig = vi.plot_edit_grid(grid, P)
     assert len(fig.axes) == 4 * 4  # a visible column + 3 edits, 4 ratios
     assert [fig.axes[j].get_title() for j in range(4)] == ["visible", "no edit", "red on", "large off"]
 
 
 def test_edit_grid_errors(model, images):
-    noise = mi.mask_noise(1, L, seeded())
+    noise = mask_noise(1, L, seeded())
     with pytest.raises(ValueError, match="one image"):
         mi.edit_grid(model, images[:2], [0.5], {"x": {}}, noise)
     with pytest.raises(ValueError, match="ratios is empty"):
@@ -254,11 +256,11 @@ def test_curve_errors_name_the_problem(model, images, labels):
 
 def test_plot_curve(model, images, labels):
     curve = mi.measure_interpolation(model, images, labels, [0.0, 0.5, 0.9], [0, 3], generator=seeded())
-    fig = mi.plot_interpolation_curve(curve, NAMES)
+    fig = vi.plot_interpolation_curve(curve, NAMES)
     left, right = fig.axes
     assert left.get_xlabel() == right.get_xlabel() == "test-time mask ratio"
     np.testing.assert_allclose(left.lines[0].get_ydata(), curve.input_distance)
     legend = [t.get_text() for t in right.get_legend().get_texts()]
     assert legend[:2] == ["red", "large"] and "edit success (mean)" in legend
     with pytest.raises(ValueError, match="pass all K names"):
-        mi.plot_interpolation_curve(curve, NAMES[:2])
+        vi.plot_interpolation_curve(curve, NAMES[:2])

@@ -20,7 +20,8 @@ from mcm_core.models.latent_mim import (
     mean_pairwise_cosine, patch_info_nce, position_share, reference_cue_weights, similarity_target,
     standardize_tokens, visual_cue,
 )
-from mcm_core.train import Trainer, fit, param_groups
+from mcm_core.optim import param_groups
+from mcm_core.train import Trainer, fit
 
 B, L, D, P = 4, 64, 128, 4  # batch, tiny patches, tiny width, patch size
 
@@ -529,7 +530,7 @@ def test_reference_similarity_regularizer_reads_predictions_and_projected_tokens
 
 def test_reference_checkpoint_round_trips_and_configs_saved_before_the_switch_load_in_default_mode(tmp_path, images,
                                                                                                     mask):
-    from mcm_core.models.registry import build_from_dict, config_to_dict
+    from mcm_core.models import build_from_dict, config_to_dict
 
     model = perturbed(make(reference=True)).eval()
     loaded, info = load_checkpoint(save_checkpoint(tmp_path / "ref.safetensors", model))

@@ -1,4 +1,4 @@
-"""Figure functions and clustering helpers of mcm_core.latent_viz: fast, Agg backend."""
+"""Figure functions and clustering helpers (mcm_core.viz.latent, mcm_core.analysis.clustering): fast, Agg backend."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,7 +10,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mcm_core import latent_viz
+from mcm_core.analysis import clustering
+from mcm_core.viz import latent as latent_viz
 
 
 def history(values: list[float], key: str = "cos_target") -> list[dict[str, float]]:
@@ -68,44 +69,44 @@ def test_kmeans_separates_well_apart_blobs_in_every_set_at_once():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     truth = torch.arange(30) % 3
     points = centres[truth] + 0.1 * torch.randn(5, 30, 2, generator=g)  # 5 sets of 30 points
-    labels = latent_viz.kmeans(points, k=3, seed=0)
+    labels = clustering.kmeans(points, k=3, seed=0)
     assert labels.shape == (5, 30)
     for row in labels:  # each true blob is exactly one cluster (up to renaming)
         assert all(len(row[truth == c].unique()) == 1 for c in range(3)) and len(row.unique()) == 3
 
 
 def test_patch_clusters_find_the_regions_and_number_them_by_size():
-    labels = latent_viz.patch_clusters(two_region_features(), (4, 4), k=2)
+    labels = clustering.patch_clusters(two_region_features(), (4, 4), k=2)
     assert labels.shape == (2, 4, 4) and labels.dtype == np.int64
     assert (labels[:, :, 0] == 1).all() and (labels[:, :, 1:] == 0).all()  # 12 patches: cluster 0, 4: cluster 1
-    np.testing.assert_array_equal(labels, latent_viz.patch_clusters(two_region_features(), (4, 4), k=2))
+    np.testing.assert_array_equal(labels, clustering.patch_clusters(two_region_features(), (4, 4), k=2))
 
 
 def test_patch_clusters_reject_bad_input():
     with pytest.raises(ValueError, match="does not hold the 16 patches"):
-        latent_viz.patch_clusters(two_region_features(), (3, 4))
+        clustering.patch_clusters(two_region_features(), (3, 4))
     with pytest.raises(ValueError, match="k must be an int in \\[2, 16\\]"):
-        latent_viz.patch_clusters(two_region_features(), (4, 4), k=1)
+        clustering.patch_clusters(two_region_features(), (4, 4), k=1)
     with pytest.raises(ValueError, match="shape \\(N, L, D\\)"):
-        latent_viz.patch_clusters(torch.zeros(16, 3), (4, 4))
+        clustering.patch_clusters(torch.zeros(16, 3), (4, 4))
 
 
 def test_foreground_patches_and_purity():
     images = torch.zeros(1, 3, 8, 8)
     images[..., :4, :4] = 1.0  # the top-left 2x2 patches (of 4x4 px) are the object
-    fg = latent_viz.foreground_patches(images, patch_size=4)
+    fg = clustering.foreground_patches(images, patch_size=4)
     np.testing.assert_array_equal(fg, [[[True, False], [False, False]]])
-    assert latent_viz.foreground_purity(np.array([[[1, 0], [0, 0]]]), fg) == pytest.approx([1.0])
+    assert clustering.foreground_purity(np.array([[[1, 0], [0, 0]]]), fg) == pytest.approx([1.0])
     # Clusters cut by column: the object patch shares a cluster with a background patch.
-    assert latent_viz.foreground_purity(np.array([[[0, 1], [0, 1]]]), fg) == pytest.approx([0.75])
+    assert clustering.foreground_purity(np.array([[[0, 1], [0, 1]]]), fg) == pytest.approx([0.75])
     with pytest.raises(ValueError, match="must both be"):
-        latent_viz.foreground_purity(np.zeros((1, 2, 2), int), np.zeros((1, 4), bool))
+        clustering.foreground_purity(np.zeros((1, 2, 2), int), np.zeros((1, 4), bool))
 
 
 # --------------------------------------------------------------------------- segmentation figure
 def test_segmentations_image_then_one_map_per_source_with_a_colour_bar():
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    labels = latent_viz.patch_clusters(two_region_features(), (4, 4), k=2)
+    labels = clustering.patch_clusters(two_region_features(), (4, 4), k=2)
     fig = latent_viz.plot_segmentations(images, {"model": labels, "pixels": labels}, k=2,
                                         scores={"model": [1.0, 0.5]})
     image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]

@@ -1,4 +1,4 @@
-"""The demonstration measures (mcm_core.measures) and the counterfactual edit loss they motivated.
+"""The demonstration measures (mcm_core.evaluate.measures) and the counterfactual edit loss they motivated.
 
 A small untrained MCM on 32 px shapes keeps every test fast. Decoders are replaced by ones whose
 answer is known (the true patches, a flat grey, the counterfactual), so each measure is checked
@@ -11,14 +11,13 @@ import math
 import pytest
 import torch
 
-from mcm_core import measures
 from mcm_core.config import TrainConfig
 from mcm_core.data import load_dataset
 from mcm_core.data.shapes_factors import (
     COLOUR_NAMES, COUNTERFACTUAL_GROUPS, concepts_from_factors, counterfactual_factors,
 )
-from mcm_core.evaluate import reconstruction_metrics
-from mcm_core.interpolation import mask_noise, nested_mask
+from mcm_core.evaluate import measures, reconstruction_metrics
+from mcm_core.masking import mask_noise, nested_mask
 from mcm_core.models import build_model
 from mcm_core.train import Trainer
 
@@ -205,7 +204,7 @@ def test_mask_ratio_range_draws_per_step_and_reproducibly(tmp_path):
 
 # ---------------------------------------------------------------------------- the CPU fast path
 def test_precision_auto_follows_the_hardware():
-    from mcm_core.train import cpu_bf16_supported, use_bf16
+    from mcm_core.devices import cpu_bf16_supported, use_bf16
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16("fp32", cpu) is False and use_bf16("bf16", cpu) is True
@@ -225,7 +224,7 @@ def test_bf16_cpu_step_matches_float32(tmp_path):
 
 
 def test_explicit_attention_computes_the_same_and_restores_the_switch():
-    from mcm_core.train import explicit_attention
+    from mcm_core.devices import explicit_attention
 
     model = small_mcm()
     images = torch.rand(4, 3, 32, 32)

@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
+from mcm_core.batches import StepBatchSampler
 from mcm_core.checkpoint import load_checkpoint
 from mcm_core.config import TrainConfig
-from mcm_core.train import StepBatchSampler, Trainer, TrainingDiverged, fit, lr_lambda
+from mcm_core.optim import lr_lambda
+from mcm_core.train import Trainer, TrainingDiverged, fit
 
 # Small enough for a 2-core CI machine, still the tiny preset's 32 px / patch 4 layout.
 SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 2, "decoder_embed_dim": 64, "decoder_num_heads": 2}
@@ -171,7 +173,7 @@ def test_sampler_is_a_function_of_seed_and_step():
 
 def test_bad_images_range_is_reported(tmp_path):
     trainer = Trainer(config(tmp_path))
-    from mcm_core.train import check_batch
+    from mcm_core.batches import check_batch
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         check_batch(torch.full((2, 3, 32, 32), 255.0))
     assert trainer.model.cfg.img_size == 32

@@ -1,4 +1,4 @@
-"""Figure functions (mcm_core.viz) and notebook helpers (mcm_core.notebook): fast, Agg backend."""
+"""Figure functions (mcm_core.viz) and notebook helpers (mcm_core.workbook): fast, Agg backend."""
 from __future__ import annotations
 
 import matplotlib
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from mcm_core import viz
 from mcm_core.config import TrainConfig
 from mcm_core.evaluate import concept_metrics
-from mcm_core.notebook import (
+from mcm_core.workbook import (
     Range, checkpoint_matches, injected_parameters, notebook_params, resolve_params, setup,
 )
 

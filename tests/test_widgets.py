@@ -14,9 +14,10 @@ import base64
 import pytest
 import torch
 
-from mcm_core import interpolation as mi
+from mcm_core.analysis import interpolation as mi
 from mcm_core.masking import num_hidden
 from mcm_core.models import build_model
+from mcm_core.viz.interpolation import plot_interpolation
 from mcm_core.workbook.widgets import InterpolationWidget, figure_png
 
 K, L, S = 4, 16, 16
@@ -84,7 +85,7 @@ def test_the_view_is_the_pure_function_of_the_controls(model, images):
     w.toggles[1].value = 1
     expected = mi.interpolate(model, images, 0.6, [mi.KEEP, 1, mi.KEEP, mi.KEEP], w.noise)
     assert torch.equal(w.view.edited, expected.edited)
-    assert figure_png(w.figure) == figure_png(mi.plot_interpolation(expected, model.cfg.patch_size, NAMES))
+    assert figure_png(w.figure) == figure_png(plot_interpolation(expected, model.cfg.patch_size, NAMES))
 
 
 def test_resample_button_draws_a_new_mask_deterministically(model, images):
@@ -128,11 +129,5 @@ def test_bad_arguments_name_the_problem(model, images):
         InterpolationWidget(model, images, max_ratio=1.0)
     with pytest.raises(ValueError, match="got 2 concept names but the model has 4 concepts"):
         InterpolationWidget(model, images, concept_names=["a", "b"])
-    with pytest.raises(TypeError, match="needs an MCM"):
+    with pytest.raises(TypeError, match="concept edits need"):
         InterpolationWidget(build_model("mae", "tiny", img_size=S), images)
-
-
-def test_the_old_module_path_re_exports_the_widget():
-    from mcm_core import widgets as old
-
-    assert old.InterpolationWidget is InterpolationWidget and old.figure_png is figure_png

@@ -159,6 +159,3 @@ def test_the_package_exports_the_folder_functions_and_the_helpers():
                  "checkpoint_matches", "workbook_checkpoint", "SHIPPED_CHECKPOINT", "train_or_load"):
         assert hasattr(workbook, name), name
     assert workbook.SHIPPED_CHECKPOINT.is_file()
-    from mcm_core import notebook  # the old path re-exports the same objects
-    assert notebook.Range is Range and notebook.SHIPPED_CHECKPOINT == workbook.SHIPPED_CHECKPOINT
-    assert notebook.record_metrics is workbook.record_metrics

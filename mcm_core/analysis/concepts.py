@@ -79,7 +79,7 @@ def read_concepts(model: nn.Module, images: torch.Tensor, mask_ratio: float = 0.
         A :class:`ConceptReadout` on the CPU. Memory: ``depth * N * K * (L + D)`` floats.
     """
     from mcm_core.evaluate import check_image_batch, eval_mode, model_device
-    from mcm_core.models.capabilities import require
+    from mcm_core.models.outputs import require
 
     require(model, "can_edit", "concept read-outs need an MCM model (build_model('mcm'))")
     check_image_batch(images)

@@ -24,8 +24,7 @@ Shapes: N or B images ``(B, 3, H, W)`` in ``[0, 1]``, K concepts, L patches, mas
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,8 +33,8 @@ from torch import Tensor
 
 from mcm_core.choices import check_mask_ratio
 from mcm_core.evaluate import binary_targets, check_image_batch, eval_mode, model_device
-from mcm_core.masking import random_mask
-from mcm_core.models.capabilities import pixel_problem, require
+from mcm_core.evaluate.reconstruction import check_editable, decode_edited
+from mcm_core.masking import mask_noise, nested_mask
 from mcm_core.models.mcm import KEEP, EditsLike, concept_states
 
 __all__ = [
@@ -47,12 +46,6 @@ StatesLike = EditsLike  # K states, {concept_index: state} or a (B, K) tensor; s
 
 
 # =========================================================================== validation
-def check_mcm(model: nn.Module) -> None:
-    """Raise unless ``model`` can edit its concept tokens and decodes pixels (it can be edited and shown)."""
-    require(model, "can_edit", "mask-ratio interpolation needs an MCM model (build_model('mcm') or "
-            "load_checkpoint of an MCM run)")
-    if (why := pixel_problem(model)) is not None:
-        raise ValueError(why)
 
 
 def describe_states(states: StatesLike, concept_names: Sequence[str]) -> str:
@@ -63,25 +56,6 @@ def describe_states(states: StatesLike, concept_names: Sequence[str]) -> str:
 
 
 # =========================================================================== masks
-def mask_noise(batch_size: int, num_patches: int, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform noise (B, L) on the generator's device; :func:`nested_mask` turns it into masks.
-
-    Drawn exactly as ``random_mask`` draws its own, so ``nested_mask(mask_noise(B, L, g), r)``
-    equals ``random_mask(B, L, r, generator=g)`` for a generator in the same state.
-    """
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand((batch_size, num_patches), generator=generator, device=device)
-
-
-def nested_mask(noise: Tensor, mask_ratio: float) -> Tensor:
-    """Bool (B, L), True = hidden: the ``num_hidden(L, mask_ratio)`` highest-noise patches of each image.
-
-    With one ``noise`` (B, L), the hidden set at a higher ratio contains the one at a lower ratio.
-    """
-    if noise.ndim != 2:
-        raise ValueError(f"noise must be (B, L), got shape {tuple(noise.shape)}; draw it with mask_noise")
-    ratio = check_mask_ratio(mask_ratio)
-    return random_mask(noise.shape[0], noise.shape[1], ratio, noise=noise, device=noise.device)
 
 
 # =========================================================================== one view
@@ -106,16 +80,6 @@ class Interpolation:
     mask_ratio: float
 
 
-def decode_edited(model: nn.Module, images: Tensor, encoded: Any, states: Tensor) -> Tensor:
-    """``model.edit`` from an encoder output that is already there: -> (B, 3, H, W).
-
-    Args:
-        images: (B, 3, H, W); encoded: ``model.forward_encoder(images, mask=...)``; states: long (B, K).
-    """
-    edited = replace(encoded, concepts=model.apply_edits(encoded.concepts, states))  # tokens, mask: shared
-    return model.composite(images, model.forward_decoder(edited), encoded.mask)
-
-
 def interpolate(model: nn.Module, images: Tensor, mask_ratio: float, states: StatesLike,
                 noise: Tensor) -> Interpolation:
     """Reconstruct ``images`` at ``mask_ratio`` with and without the concept ``states``.
@@ -128,7 +92,7 @@ def interpolate(model: nn.Module, images: Tensor, mask_ratio: float, states: Sta
     Returns:
         An :class:`Interpolation` on the CPU.
     """
-    check_mcm(model)
+    check_editable(model)
     check_image_batch(images)
     b, num_patches = images.shape[0], model.cfg.num_patches
     if tuple(noise.shape) != (b, num_patches):
@@ -226,7 +190,7 @@ class InterpolationCurve:
 def check_curve_inputs(model: nn.Module, images: Tensor, labels: Tensor, ratios: Sequence[float],
                        concept_indices: Sequence[int] | None) -> tuple[Tensor, list[float], list[int]]:
     """Validate :func:`measure_interpolation`'s inputs: -> long labels (N, K), ratios, concept indices."""
-    check_mcm(model)
+    check_editable(model)
     check_image_batch(images)
     k = model.cfg.num_concepts
     labels = binary_targets(torch.as_tensor(labels).cpu(), "labels").long()

@@ -62,7 +62,7 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def device_of(name: str):
-    from mcm_core.train import resolve_device
+    from mcm_core.devices import resolve_device
 
     try:
         return resolve_device(name)

@@ -50,7 +50,7 @@ def add_eval(sub: Any) -> None:
 
 def as_concepts(dataset: Any, model: Any, what: str) -> Any:
     """The data set with 0/1 concept targets for an MCM model (class labels become one-hot, as in training)."""
-    from mcm_core.train import OneHotTargets
+    from mcm_core.batches import OneHotTargets
 
     if hasattr(dataset, "concept_names"):
         return dataset
@@ -60,7 +60,7 @@ def as_concepts(dataset: Any, model: Any, what: str) -> Any:
 
 
 def print_measures(rows: list[dict[str, float]]) -> None:
-    print("hidden pixels of held-out images (mcm_core.measures):")
+    print("hidden pixels of held-out images (mcm_core.evaluate.measures):")
     for r in rows:
         print(f"  mask ratio {r['mask_ratio']:.2f}: psnr {fmt(r['psnr'], 2)} dB  colour fidelity "
               f"{fmt(r['colour_fidelity'])}  colour-edit following {fmt(r['edit_following'])}")

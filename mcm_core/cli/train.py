@@ -132,8 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from mcm_core.distributed import is_main_process
     from mcm_core.evaluate.pipeline import RunEvaluator
-    from mcm_core.runs import check_run_folder, read_run, remove_run
-    from mcm_core.train import CHECKPOINT_NAME, fit
+    from mcm_core.runs import CHECKPOINT_NAME, check_run_folder, read_run, remove_run
+    from mcm_core.train import fit
 
     device = device_of(cfg.device)
     main_process = is_main_process()  # under torchrun, rank 0 alone prints, evaluates and writes metrics

@@ -13,12 +13,16 @@ Modules (imported here in dependency order; every name is re-exported)
 - :mod:`~mcm_core.evaluate.reconstruction`: :func:`reconstruction_metrics` (MSE / PSNR on hidden
   patches), :func:`edit_success_rate` (METHODS.md section 2, the metric no paper reports).
 - :mod:`~mcm_core.evaluate.probes`: :func:`extract_features`, :func:`knn_accuracy`, :func:`linear_probe`.
-- :mod:`~mcm_core.evaluate.flops`: :func:`count_flops`, :func:`training_flops_per_image`, :class:`RunCost`.
+- :mod:`~mcm_core.evaluate.flops`: :func:`count_flops`, :func:`training_flops_per_image`,
+  :func:`training_flops_per_step`, :class:`RunCost`.
 - :mod:`~mcm_core.evaluate.pipeline`: what ``mcm eval`` and the end-of-training evaluation compute
   (:class:`RunEvaluator`, :func:`concept_report`, :func:`reconstruction_over`, ...), as dicts.
 - :mod:`~mcm_core.evaluate.measures`: hidden-pixel PSNR, colour fidelity and colour-edit following
-  on the shapes data. Not imported here: it imports :mod:`mcm_core.analysis.interpolation`, which
-  imports this package; ``from mcm_core.evaluate.measures import ...``.
+  on the shapes data (``from mcm_core.evaluate.measures import ...``: it needs the shapes data's palette,
+  so ``import mcm_core.evaluate`` does not load it).
+- :mod:`~mcm_core.evaluate.comparison`: the methods side by side on one budget (notebook 07,
+  ``benchmarks/compare_methods.py``): :class:`ComparisonSettings`, :func:`run_all`, :func:`load_rows`
+  (``from mcm_core.evaluate.comparison import ...``: it trains, so it is not imported here).
 
 Model calls run under ``torch.no_grad()`` in eval mode; the model's previous
 train/eval mode is restored afterwards.
@@ -39,7 +43,9 @@ from mcm_core.evaluate.reconstruction import (  # noqa: F401 (helpers re-exporte
 from mcm_core.evaluate.probes import (  # noqa: F401 (helpers re-exported)
     check_features, extract_features, fit_binary, knn_accuracy, linear_probe, standardize,
 )
-from mcm_core.evaluate.flops import RunCost, count_flops, flop_counting, training_flops_per_image
+from mcm_core.evaluate.flops import (
+    RunCost, count_flops, flop_counting, training_flops_per_image, training_flops_per_step,
+)
 from mcm_core.evaluate.pipeline import (  # noqa: F401 (helpers re-exported)
     EVAL_BATCH, FeatureMetrics, RunEvaluator, concept_metrics_dict, concept_report, features_metrics,
     reconstruction_over, shapes_measures,
@@ -57,6 +63,7 @@ __all__ = [
     "count_flops",
     "flop_counting",
     "training_flops_per_image",
+    "training_flops_per_step",
     "RunCost",
     "class_accuracy",
     "prior_thresholds",

@@ -2,7 +2,7 @@
 
 :func:`flop_counting` / :func:`count_flops` count any block (attention on the MATH SDPA
 backend, so it is counted); :func:`training_flops_per_image` counts one forward + backward
-training step per image; :class:`RunCost` holds a run's wall time, FLOPs and images seen and
+training step per image, :func:`training_flops_per_step` a trainer's whole step; :class:`RunCost` holds a run's wall time, FLOPs and images seen and
 derives TFLOP/s, FLOPs per image and images per second.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mcm_core.evaluate.inputs import check_image_batch
+
+if TYPE_CHECKING:
+    from mcm_core.train import Trainer
 
 
 @contextmanager
@@ -61,6 +64,20 @@ def training_flops_per_image(model: nn.Module, images: Tensor, mask_ratio: float
     finally:
         model.zero_grad(set_to_none=True)
     return flops / images.shape[0]
+
+
+def training_flops_per_step(trainer: Trainer, sample: int = 8) -> float:
+    """Counted FLOPs of one training step of ``trainer`` at its batch size: forward + backward on
+    ``sample`` of its training images, scaled to ``cfg.batch_size``, plus the EMA encoder's patch
+    affinity pass when it masks hierarchically. Optimizer FLOPs are not included."""
+    images, targets = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=sample)))
+    model, cfg = trainer.model, trainer.cfg
+    concepts = targets.float() if trainer.uses_concepts else None
+    per_image = training_flops_per_image(model, images, cfg.mask_ratio, concepts=concepts)
+    if trainer.ema is not None:
+        ema = trainer.ema
+        per_image += count_flops(lambda: ema.patch_affinity(images, kind=cfg.hierarchy_affinity)) / images.shape[0]
+    return per_image * cfg.batch_size
 
 
 @dataclass

@@ -14,7 +14,7 @@ would only flatter the score), under one mask per image:
   Every possible target is scored, decoded from the same encoder pass and mask as the
   unedited reconstruction, so only the concept tokens differ;
 - **the curve** of the three against the test-time mask ratio, with nested masks (one noise
-  vector per image, :func:`mcm_core.analysis.interpolation.nested_mask`): raising the ratio only hides
+  vector per image, :func:`mcm_core.masking.nested_mask`): raising the ratio only hides
   more patches.
 
 Shapes: N images ``(N, 3, S, S)`` in [0, 1]; object masks long ``(N, S, S)`` with 0 = background
@@ -31,7 +31,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mcm_core.analysis.interpolation import check_mask_ratio, check_mcm, decode_edited, mask_noise, nested_mask
+from mcm_core.choices import check_mask_ratio
+from mcm_core.evaluate.reconstruction import check_editable, decode_edited
+from mcm_core.masking import mask_noise, nested_mask
 from mcm_core.data.shapes_factors import BACKGROUND_U8, COLOUR_NAMES, CONCEPT_NAMES, PALETTE_U8
 from mcm_core.evaluate.inputs import check_image_batch, eval_mode, model_device
 
@@ -146,7 +148,7 @@ def pixel_mask(mask: Tensor, patch_size: int) -> Tensor:
 
 def check_shapes_inputs(model: nn.Module, images: Tensor, object_masks: Tensor, colours: Tensor) -> None:
     """Clear errors for what :func:`measure_shapes` cannot score."""
-    check_mcm(model)
+    check_editable(model)
     check_image_batch(images)
     n, s = images.shape[0], images.shape[-1]
     if tuple(object_masks.shape) != (n, s, s):

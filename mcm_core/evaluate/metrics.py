@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from mcm_core.evaluate.inputs import DataSource, binary_targets, eval_mode, iterate_batches, model_device, safe_ratio
-from mcm_core.models.capabilities import require
+from mcm_core.models.outputs import require
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 LABELS = {"accuracy": "acc", "precision": "prec", "recall": "rec", "f1": "f1", "auc": "auc"}
@@ -176,7 +176,7 @@ def prior_thresholds(model_or_freq: nn.Module | list[float] | Tensor) -> Tensor:
         model_or_freq: an MCM or supervised model (its ``cfg.concept_freq``; all 0 when it has
             none) or the K frequencies. Frequencies are clamped to [0.01, 0.99], as in the loss.
     """
-    from mcm_core.models.concept_loss import concept_prior
+    from mcm_core.models.losses import concept_prior
 
     if isinstance(model_or_freq, nn.Module):  # no concept_freq: an unweighted loss, thresholds 0
         cfg = model_or_freq.cfg

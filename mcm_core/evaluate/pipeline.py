@@ -26,7 +26,7 @@ from mcm_core.evaluate.inputs import model_device
 from mcm_core.evaluate.metrics import class_accuracy, concept_metrics, predict_concepts, prior_thresholds
 from mcm_core.evaluate.probes import extract_features, knn_accuracy, linear_probe
 from mcm_core.evaluate.reconstruction import reconstruction_metrics
-from mcm_core.models.capabilities import has, pixel_problem
+from mcm_core.models.outputs import has, pixel_problem
 
 EVAL_BATCH = 256
 
@@ -52,7 +52,7 @@ def concept_names(model: Any) -> list[str]:
 
 
 def has_capability(model: Any, capability: str) -> bool:
-    """Whether ``model`` has ``capability`` (``mcm_core.models.capabilities``)."""
+    """Whether ``model`` has ``capability`` (``mcm_core.models.outputs``)."""
     return has(model, capability)
 
 
@@ -81,7 +81,7 @@ def reconstruction_over(model: Any, dataset: Any, mask_ratio: float, seed: int) 
 def shapes_measures(model: Any, dataset: Any, size: int, seed: int) -> list[dict[str, float]] | None:
     """``mcm_core.evaluate.measures`` over the curve's mask ratios on the first ``size`` images, or None where
     they do not apply (not an MCM decoding pixels, or not the one-object shapes data)."""
-    from mcm_core.evaluate.measures import measure_dataset  # imports mcm_core.analysis, which imports this package
+    from mcm_core.evaluate.measures import measure_dataset  # the shapes palette: loaded only when asked
 
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     if not has(model, "can_edit") or pixel_problem(model) is not None or not getattr(base, "one_object", False):
@@ -185,7 +185,7 @@ class RunEvaluator:
 
     def data(self) -> Any:
         if self._data is None:
-            from mcm_core.train import training_data
+            from mcm_core.batches import training_data
 
             for split in self.SPLITS:
                 try:

@@ -20,8 +20,8 @@ from mcm_core.evaluate.inputs import (
     DataSource, binary_targets, class_targets, eval_mode, iterate_batches, model_device,
 )
 from mcm_core.evaluate.metrics import concept_metrics
-from mcm_core.models.capabilities import is_model
-from mcm_core.models.registry import model_names
+from mcm_core.models import model_names
+from mcm_core.models.outputs import is_model
 
 
 def extract_features(model: nn.Module, dataset_or_loader: DataSource, batch_size: int = 256,

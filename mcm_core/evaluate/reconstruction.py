@@ -9,6 +9,7 @@ masks bool ``(N, L)`` with ``True`` = hidden, one ``generator`` for every random
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,10 +17,28 @@ import torch.nn as nn
 from torch import Tensor
 
 from mcm_core.evaluate.inputs import binary_targets, check_image_batch, eval_mode, model_device
-from mcm_core.models.capabilities import pixel_problem, require
+from mcm_core.models.outputs import pixel_problem, require
 
 
 # =========================================================================== reconstruction
+def check_editable(model: nn.Module) -> None:
+    """Raise unless ``model`` can edit its concept tokens and decodes pixels (it can be edited and shown)."""
+    require(model, "can_edit", "concept edits need a model with editable concept tokens (build_model('mcm') or "
+            "load_checkpoint of an MCM run)")
+    if (why := pixel_problem(model)) is not None:
+        raise ValueError(why)
+
+
+def decode_edited(model: nn.Module, images: Tensor, encoded: Any, states: Tensor) -> Tensor:
+    """``model.edit`` from an encoder output that is already there: -> (B, 3, H, W).
+
+    Args:
+        images: (B, 3, H, W); encoded: ``model.forward_encoder(images, mask=...)``; states: long (B, K).
+    """
+    edited = replace(encoded, concepts=model.apply_edits(encoded.concepts, states))  # tokens, mask: shared
+    return model.composite(images, model.forward_decoder(edited), encoded.mask)
+
+
 def check_pixel_model(model: nn.Module) -> None:
     """Raise unless the model predicts raw pixels (``reconstructs_pixels`` and ``norm_pix_loss=False``)."""
     require(model, "reconstructs_pixels", "reconstruction metrics need an MAE-style model (mae or mcm)")

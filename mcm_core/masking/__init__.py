@@ -22,7 +22,8 @@ generator reproduces the same masks on any output device. Nothing here imports t
 training loop passes the affinity in.
 """
 from mcm_core.masking.simple import (
-    BlockMasker, MaskStrategy, RandomMasker, block_mask, check_mask, ids_from_mask, num_hidden, random_mask,
+    BlockMasker, MaskStrategy, RandomMasker, block_mask, check_mask, ids_from_mask, mask_noise, nested_mask, num_hidden,
+    random_mask,
 )
 from mcm_core.masking.hierarchical import (
     HierarchicalMasker, HierarchicalMaskOutput, HierarchyTree, build_tree, level_schedule,
@@ -39,6 +40,8 @@ from mcm_core.masking._agglomeration import max_group_pairs  # noqa: F401
 __all__ = [
     "num_hidden",
     "random_mask",
+    "mask_noise",
+    "nested_mask",
     "block_mask",
     "ids_from_mask",
     "check_mask",

@@ -112,6 +112,27 @@ def random_mask(batch_size: int, num_patches: int, mask_ratio: float, *,
     return _hide_first(ids_shuffle.flip(1), n)
 
 
+def mask_noise(batch_size: int, num_patches: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform noise (B, L) on the generator's device; :func:`nested_mask` turns it into masks.
+
+    Drawn exactly as ``random_mask`` draws its own, so ``nested_mask(mask_noise(B, L, g), r)``
+    equals ``random_mask(B, L, r, generator=g)`` for a generator in the same state.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand((batch_size, num_patches), generator=generator, device=device)
+
+
+def nested_mask(noise: Tensor, mask_ratio: float) -> Tensor:
+    """Bool (B, L), True = hidden: the ``num_hidden(L, mask_ratio)`` highest-noise patches of each image.
+
+    With one ``noise`` (B, L), the hidden set at a higher ratio contains the one at a lower ratio.
+    """
+    if noise.ndim != 2:
+        raise ValueError(f"noise must be (B, L), got shape {tuple(noise.shape)}; draw it with mask_noise")
+    ratio = check_mask_ratio(mask_ratio)
+    return random_mask(noise.shape[0], noise.shape[1], ratio, noise=noise, device=noise.device)
+
+
 # --------------------------------------------------------------------------- block
 def _grow_blocks(hidden: Tensor, grid: Grid, n: int, min_block: int, max_block: int | None,
                  aspect_range: tuple[float, float], max_rounds: int,

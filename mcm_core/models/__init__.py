@@ -5,7 +5,8 @@ The package, in import order (each module imports only those above it)::
 
     backbone.py           BackboneConfig, PRESETS, ViTEncoder: patch embedding, sin-cos positions, timm blocks
     outputs.py            EncoderOutput, ModelOutput; the capability protocol: ImageModel, has, require, ...
-    _registry.py          register_model, build_model, make_config, model_names, config_to_dict, build_from_dict
+    _registry.py          register_model, unregister_model, build_model, make_config, model_names,
+                          config_to_dict, build_from_dict
     layers.py             blocks shared between methods: CrossAttention, ConceptBlock, ConceptDecoderBlock,
                           decoder_input, known_hidden, cosine_schedule, ema_update
     losses.py             the frequency-weighted concept loss (MCM, supervised)
@@ -17,18 +18,18 @@ The package, in import order (each module imports only those above it)::
     latent_mim_layers.py  Latent MIM's patch gaps, visual cue, position embeddings, projector
     latent_mim.py         LatentMIMConfig, LatentMIM (re-exports the two above) "latent_mim"
 
-Each model module registers its class beside it (``@register_model("mae")``). Old paths kept as
-re-exports until every caller has moved: ``registry`` (-> ``_registry``), ``capabilities``
-(-> ``outputs``), ``schedules`` (-> ``layers``), ``concept_loss`` (-> ``losses``).
+Each model module registers its class beside it (``@register_model("mae")``).
 
 Public API: ``build_model(name, preset, **overrides)``, ``make_config``, ``model_names``,
-``model_class``, ``register_model``, ``config_to_dict`` / ``build_from_dict``; ``has`` / ``require``
-and ``CAPABILITIES``; the configs and model classes; ``ModelOutput``, ``EncoderOutput``, ``ImageModel``.
+``model_class``, ``register_model`` / ``unregister_model``, ``config_to_dict`` / ``build_from_dict``;
+``has`` / ``require`` and ``CAPABILITIES``; the configs and model classes; ``ModelOutput``, ``EncoderOutput``,
+``ImageModel``.
 """
 from mcm_core.models.backbone import PRESETS, BackboneConfig, ViTEncoder
 from mcm_core.models.outputs import CAPABILITIES, EncoderOutput, ImageModel, ModelOutput, has, require
 from mcm_core.models._registry import (
     build_from_dict, build_model, config_to_dict, make_config, model_class, model_names, register_model,
+    unregister_model,
 )
 from mcm_core.models.mae import MAEConfig, MaskedAutoencoder  # registers "mae"
 from mcm_core.models.mcm import MCMConfig, MultiLayerConceptMap  # registers "mcm"
@@ -41,4 +42,5 @@ __all__ = [
     "MAEConfig", "MaskedAutoencoder", "ModelOutput", "MCMConfig", "MultiLayerConceptMap", "SupervisedConcepts",
     "SupervisedConfig", "MiCLConfig", "MaskedImageContrastive", "LatentMIMConfig", "LatentMIM", "build_model",
     "build_from_dict", "config_to_dict", "make_config", "model_class", "model_names", "register_model",
+    "unregister_model",
 ]

@@ -35,6 +35,16 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return add
 
 
+def unregister_model(name: str) -> None:
+    """Undo ``register_model(name)``: ``build_model(name, ...)`` fails again (e.g. a model registered for one test).
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the registered names).
+    """
+    model_class(name)
+    del MODELS[name]
+
+
 def model_names() -> list[str]:
     """Names accepted by ``build_model``."""
     return sorted(MODELS)

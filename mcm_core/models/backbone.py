@@ -251,7 +251,7 @@ def check_images(images: torch.Tensor, cfg: BackboneConfig) -> None:
 
     Values (finite, in [0, 1]) are checked on CPU tensors only, as concept values are: on a
     GPU reading the min/max back would synchronize every step, so there the trainer checks
-    the first batch instead (``mcm_core.train.check_batch``).
+    the first batch instead (``mcm_core.batches.check_batch``).
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")

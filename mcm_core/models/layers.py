@@ -8,7 +8,7 @@
 - :func:`known_hidden`: patches hidden per image, when known without reading the mask back (MAE,
   MCM, Latent MIM).
 - :func:`cosine_schedule` and :func:`ema_update`, written once for the trainer and the models:
-  the cosine is the learning-rate decay after warm-up (``mcm_core.train.lr_lambda``), Latent MIM's
+  the cosine is the learning-rate decay after warm-up (``mcm_core.optim.lr_lambda``), Latent MIM's
   EMA momentum (``ema_momentum``, ``LatentMIM.scheduled_momentum``) and its similarity target
   (``similarity_target``); the EMA update moves the hierarchical masker's EMA encoder (the trainer)
   and Latent MIM's EMA target encoder and projector (``LatentMIM.after_step``).
@@ -34,7 +34,7 @@ class CrossAttention(nn.Module):
     """Multi-head attention of queries ``x`` (B, Nq, D) over a separate set ``context`` (B, Nk, Dc).
 
     Fused (``F.scaled_dot_product_attention``) unless the probabilities are asked for or
-    ``fused_attn`` is False (timm's switch, which ``mcm_core.train.explicit_attention`` flips).
+    ``fused_attn`` is False (timm's switch, which ``mcm_core.devices.explicit_attention`` flips).
     """
 
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None) -> None:

@@ -5,8 +5,7 @@ The stages keep the names of the MAE reference code: ``patchify``,
 The mask is boolean ``(B, L)`` with ``True`` = hidden from the encoder.
 
 The output types (``EncoderOutput``, ``ModelOutput``) live in :mod:`mcm_core.models.outputs` and
-the shared pieces (``decoder_input``, ``known_hidden``) in :mod:`mcm_core.models.layers`; this
-module imports them, so ``from mcm_core.models.mae import ModelOutput`` keeps working.
+the shared pieces (``decoder_input``, ``known_hidden``) in :mod:`mcm_core.models.layers`.
 """
 from __future__ import annotations
 

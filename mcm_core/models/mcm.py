@@ -271,7 +271,7 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         """Validate a (B, K) concept target and return it as float.
 
         Values are checked on CPU only: on a GPU the check would stall every step, so the
-        trainer checks the first batch instead (``mcm_core.train.check_batch``).
+        trainer checks the first batch instead (``mcm_core.batches.check_batch``).
         """
         expected = (batch_size, self.cfg.num_concepts)
         if tuple(concepts.shape) != expected:

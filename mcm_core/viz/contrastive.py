@@ -7,8 +7,7 @@ Contents
 --------
 - Views: :func:`view_overlay`, :func:`show_views` (the two disjoint views of each image).
 - Similarity: :func:`plot_similarity_mapping` (the heavy-tailed similarity against the cosine),
-  :func:`plot_view_similarity` (view-1 x view-2 cosines of a batch; ``plot_similarity_matrices``
-  is its old name, kept for notebook 05 -- ``viz.concepts.plot_similarity_matrices`` draws concept tokens).
+  :func:`plot_view_similarity` (view-1 x view-2 cosines of a batch).
 - Training: :func:`plot_loss_vs_chance` (the loss against ``ln(B)``),
   :func:`plot_similarity_gap` (positive and negative cosines, and their gap).
 - Sweeps: :func:`plot_keep_ratio_sweep` (kNN accuracy against the fraction of patches kept).
@@ -148,7 +147,6 @@ def plot_view_similarity(matrices: Mapping[str, Any], vmin: float | None = None,
     return fig
 
 
-plot_similarity_matrices = plot_view_similarity  # the old name, still called by notebook 05
 
 
 # --------------------------------------------------------------------------- training

@@ -118,7 +118,7 @@ def plot_measures_curve(curves: Mapping[str, Sequence[Any]], targets: Mapping[st
     mask ratio, one line style per model; two axes.
 
     Args:
-        curves: model label -> ``mcm_core.measures.measure_shapes_curve(...)`` (objects with
+        curves: model label -> ``mcm_core.evaluate.measures.measure_shapes_curve(...)`` (objects with
             ``mask_ratio``, ``psnr``, ``colour_fidelity``, ``edit_following``).
         targets: optional horizontal guides, e.g. ``{"psnr": 24, "share": 0.9}``.
     """

@@ -1,4 +1,4 @@
-"""The summary figure of a lab (``mcm_core.labs``): one panel per metric, built from the summary rows.
+"""The summary figure of a lab (``mcm_core.workbook.labs``): one panel per metric, built from the summary rows.
 
 Pure, like the rest of :mod:`mcm_core.viz`: rows in, a fresh matplotlib ``Figure`` out.
 
@@ -108,7 +108,7 @@ def plot_lab_summary(rows: Sequence[Mapping[str, Any]], panels: Mapping[str, Seq
 
     Args:
         rows: the summary rows (``run_id``, ``status``, parameters and metric columns).
-        panels: ``{pattern: [column, ...]}`` (see ``mcm_core.labs.match_metrics``).
+        panels: ``{pattern: [column, ...]}`` (see ``mcm_core.workbook.lab_summary.match_metrics``).
         x: the parameter on the x axis (lines); None puts the run ids there.
         mean_over: draw bars averaged over the runs (this parameter names what varies) instead.
         xlabel: the bars' x-axis label (what the columns are, e.g. ``"method"``).

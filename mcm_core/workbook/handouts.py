@@ -16,8 +16,6 @@ relative paths such as ``../runs`` and ``..`` still point at the repository root
     python -m mcm_core.workbook.handouts build     # (re)write handouts/ (make handouts)
     python -m mcm_core.workbook.handouts check     # exit 1, naming the files, when handouts/ is out of date
 
-(``python -m mcm_core.handouts`` still runs the same command.)
-
 Both folders are arguments relative to the current directory: ``--notebooks`` (default
 ``notebooks/``, else the notebooks shipped with the package) and ``--output`` (default
 ``handouts/``). Build from the repository root to get the committed copies.

@@ -4,7 +4,7 @@ Each run leaves a record (``run.json``: parameters, status, seconds, error and t
 notebook recorded). :func:`summarize_runs` turns the records into rows with one column per
 parameter and per metric the lab asks for (patterns such as ``knn_acc.*`` expand to every
 matching metric), :func:`write_summary` writes the CSV and draws the figure
-(:func:`mcm_core.lab_viz.plot_lab_summary`).
+(:func:`mcm_core.viz.labs.plot_lab_summary`).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
 def write_summary(lab: Lab, records: Sequence[Mapping[str, Any]], out_dir: Path,
                   smoke: bool = False) -> tuple[Path, Path, list[str]]:
     """Write ``summary.csv`` and ``summary.png`` for ``records`` into ``out_dir``; -> paths and warnings."""
-    from mcm_core.lab_viz import plot_lab_summary
+    from mcm_core.viz.labs import plot_lab_summary
 
     columns, rows, panels, warnings = summarize_runs(lab, records)
     csv_path = write_csv(out_dir / SUMMARY_CSV, columns, rows)

@@ -19,7 +19,6 @@ Folders are arguments, relative to the current directory: ``--notebooks`` (defau
 and ``--output`` (default ``outputs/labs/<name>``). Without ``notebooks/`` or ``labs/`` in the
 current directory, the copies shipped with the package are used (:mod:`mcm_core.workbook.folders`), so an
 installed package runs a lab from an empty folder; nothing is ever written into the package.
-``python -m mcm_core.labs ...`` still runs the same command.
 
 Notebooks record their metrics with :func:`mcm_core.workbook.metrics.record_metrics`, which writes to
 the file the runner names in ``MCM_METRICS_PATH``.

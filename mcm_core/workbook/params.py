@@ -85,7 +85,7 @@ def resolve_params(params: Mapping[str, Any], spec: Spec) -> dict[str, Any]:
             of the type), a collection of values, or a :class:`Range`.
     Returns:
         A new dict: ``smoke`` None -> ``MCM_SMOKE`` from the environment, ``device`` "auto" ->
-        ``"cpu"`` / ``"cuda"`` (via ``mcm_core.train.resolve_device``), floats as ``float``.
+        ``"cpu"`` / ``"cuda"`` (via ``mcm_core.devices.resolve_device``), floats as ``float``.
     Raises:
         ValueError: unknown or missing names, or a value outside its allowed values.
         TypeError: a value of the wrong type.
@@ -116,7 +116,7 @@ def resolve_params(params: Mapping[str, Any], spec: Spec) -> dict[str, Any]:
     if "smoke" in out and out["smoke"] is None:
         out["smoke"] = smoke_from_env()
     if isinstance(out.get("device"), str):
-        from mcm_core.train import resolve_device  # lazy: keeps this module light to import
+        from mcm_core.devices import resolve_device  # lazy: keeps this module light to import
         out["device"] = str(resolve_device(out["device"]))
     return out
 

@@ -151,7 +151,7 @@ def train_or_load(cfg: TrainConfig, checkpoint_path: str | Path | None = None, e
     evaluated, start = eval_fn is not None or watch is not None, watch is not None
     if reusable(cfg, evaluated, start, needs):
         from mcm_core.checkpoint import load_checkpoint
-        from mcm_core.train import resolve_device
+        from mcm_core.devices import resolve_device
 
         model, info = load_checkpoint(checkpoint, device=resolve_device(cfg.device))
         if not quiet:

@@ -1,8 +1,8 @@
-"""Thin ipywidgets views over the pure functions of :mod:`mcm_core.interpolation`.
+"""Thin ipywidgets views over the pure functions of :mod:`mcm_core.analysis.interpolation`.
 
 A widget here only holds controls and calls pure functions: every number and every
-figure it shows comes from :func:`~mcm_core.interpolation.interpolate` and
-:func:`~mcm_core.interpolation.plot_interpolation`, which the notebooks also call
+figure it shows comes from :func:`~mcm_core.analysis.interpolation.interpolate` and
+:func:`~mcm_core.viz.interpolation.plot_interpolation`, which the notebooks also call
 statically and the tests drive over the widget's whole range.
 
 Rendering: the figure is written into an ``ipywidgets.Output`` as one PNG display item
@@ -24,9 +24,11 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from mcm_core.interpolation import (
-    KEEP, Interpolation, check_mask_ratio, check_mcm, interpolate, mask_noise, plot_interpolation,
-)
+from mcm_core.analysis.interpolation import KEEP, Interpolation, interpolate
+from mcm_core.choices import check_mask_ratio
+from mcm_core.evaluate.reconstruction import check_editable
+from mcm_core.masking import mask_noise
+from mcm_core.viz.interpolation import plot_interpolation
 
 __all__ = ["InterpolationWidget", "figure_png", "show_figure"]
 
@@ -70,13 +72,13 @@ class InterpolationWidget:
         max_ratio, ratio_step: the slider's range is ``0 .. max_ratio`` in steps of ``ratio_step``.
         object_masks, colours: the shapes data's object masks (B, H, W) and slot colours (B, M) of
             ``images`` (``ShapesDataset.batch``): with them, ``readout`` shows the measures of
-            ``mcm_core.measures`` (hidden-pixel PSNR, colour fidelity, colour-edit following) for
+            ``mcm_core.evaluate.measures`` (hidden-pixel PSNR, colour fidelity, colour-edit following) for
             the images on screen at the slider's ratio and the current mask.
 
     Attributes:
         slider, toggles (K), resample, output: the controls and the output area.
         readout: a line of text with the measures on screen (empty without object masks);
-            measures: the last :class:`mcm_core.measures.ShapesMeasures` or None.
+            measures: the last :class:`mcm_core.evaluate.measures.ShapesMeasures` or None.
         widget: the whole view (slider and button, the toggles in two columns, the output).
         view, figure: the last :class:`Interpolation` and its figure; renders: how many so far.
     """
@@ -85,7 +87,7 @@ class InterpolationWidget:
                  mask_ratio: float = 0.5, seed: int = 0, titles: Sequence[str] | None = None,
                  max_ratio: float = 0.95, ratio_step: float = 0.05, object_masks: torch.Tensor | None = None,
                  colours: torch.Tensor | None = None) -> None:
-        check_mcm(model)
+        check_editable(model)
         if (object_masks is None) != (colours is None):
             raise ValueError("pass object_masks and colours together (ShapesDataset.batch(...).object_masks and "
                              ".factors['colour']), or neither")
@@ -149,7 +151,7 @@ class InterpolationWidget:
         if self.object_masks is None or self.view is None:
             return
         from mcm_core.evaluate import model_device
-        from mcm_core.measures import measure_shapes
+        from mcm_core.evaluate.measures import measure_shapes
 
         device = model_device(self.model)
         with torch.no_grad():
