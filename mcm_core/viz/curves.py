@@ -32,6 +32,20 @@ def ema(values: Sequence[float], smooth: float) -> np.ndarray:
     return out
 
 
+def curve_keys(keys: str | Sequence[str], smooth: float, example: str, what: str) -> tuple[str, ...]:
+    """``keys`` as a non-empty tuple (one name may be given as a string), after checking ``smooth`` in [0, 1).
+
+    Raises:
+        ValueError: no key (the message shows ``example``), or ``smooth`` outside [0, 1).
+    """
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    if not keys:
+        raise ValueError(f"keys is empty; pass at least one {what}, e.g. {example}")
+    if not 0.0 <= float(smooth) < 1.0:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth}; e.g. 0.6 (0 = no smoothing)")
+    return keys
+
+
 def plot_history(history: Sequence[Mapping[str, float]] | Any, keys: Sequence[str] = ("loss",),
                  smooth: float = 0.6, log_y: bool = False) -> Figure:
     """Metric curves against the step, one axes per key.
@@ -47,12 +61,7 @@ def plot_history(history: Sequence[Mapping[str, float]] | Any, keys: Sequence[st
     rows = list(getattr(history, "history", history))
     if not rows:
         raise ValueError("history is empty; train for at least one step (fit(...).history)")
-    if isinstance(keys, str):
-        keys = (keys,)
-    if not keys:
-        raise ValueError("keys is empty; pass at least one metric name, e.g. keys=('loss',)")
-    if not 0.0 <= float(smooth) < 1.0:
-        raise ValueError(f"smooth must be in [0, 1), got {smooth}; e.g. 0.6 (0 = no smoothing)")
+    keys = curve_keys(keys, smooth, example="keys=('loss',)", what="metric name")
     available = sorted({k for r in rows for k in r} - {"step"})
     for key in keys:
         if not any(key in r for r in rows):

@@ -24,7 +24,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
 from mcm_core.analysis.arrays import as_images, to_numpy
-from mcm_core.viz.curves import ema
+from mcm_core.viz.curves import curve_keys, ema
 from mcm_core.viz.images import CELL_INCHES, image_axes
 
 __all__ = ["MONITOR_LABELS", "plot_collapse_curves", "plot_knn_accuracy", "plot_segmentations"]
@@ -68,12 +68,7 @@ def plot_collapse_curves(histories: Mapping[str, Any], keys: Sequence[str] = ("c
     """
     if not histories:
         raise ValueError("histories is empty; pass {run name: history}, e.g. {'full recipe': result.history}")
-    if isinstance(keys, str):
-        keys = (keys,)
-    if not keys:
-        raise ValueError("keys is empty; pass at least one monitor, e.g. keys=('cos_target',)")
-    if not 0.0 <= float(smooth) < 1.0:
-        raise ValueError(f"smooth must be in [0, 1), got {smooth}; e.g. 0.6 (0 = no smoothing)")
+    keys = curve_keys(keys, smooth, example="keys=('cos_target',)", what="monitor")
     runs = {name: history_rows(h) for name, h in histories.items()}
     logged = sorted({k for rows in runs.values() for r in rows for k in r} - {"step"})
     for key in keys:
