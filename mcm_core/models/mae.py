@@ -22,6 +22,7 @@ from mcm_core.models.backbone import (
 )
 from mcm_core.models.layers import decoder_input, known_hidden
 from mcm_core.models.outputs import NORM_PIX_PROBLEM, EncoderOutput, ImageModel, ModelOutput
+from mcm_core.models.pixel_head import PIXEL_HEADS, build_pixel_head
 
 
 @dataclass
@@ -34,16 +35,29 @@ class MAEConfig(BackboneConfig):
         visible_loss_weight: (our choice) weight of the same loss on the visible patches, added to the
             hidden patches' mean (0 = MAE's loss on hidden patches only; the MAE paper's "all patches"
             ablation is close to 1). Reconstructions show only hidden predictions either way.
+        pixel_head: (our choice) the decoder's last step: ``linear`` (MAE's, each patch from its own
+            token) or ``conv`` (that plus a convolutional residual on the pixel grid, so edges can
+            cross patch borders; :mod:`mcm_core.models.pixel_head`).
+        pixel_head_channels, pixel_head_layers: the conv head's width and number of 3x3 convolutions.
     """
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     visible_loss_weight: float = 0.0
+    pixel_head: str = "linear"
+    pixel_head_channels: int = 32
+    pixel_head_layers: int = 3
+    pixel_head_context: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.visible_loss_weight >= 0:
             raise ValueError(f"visible_loss_weight must be >= 0 (0 = hidden patches only), got {self.visible_loss_weight}")
+        if self.pixel_head not in PIXEL_HEADS:
+            raise ValueError(f"unknown pixel_head {self.pixel_head!r}; choose one of {list(PIXEL_HEADS)}")
+        if self.pixel_head_channels < 1 or self.pixel_head_layers < 1:
+            raise ValueError(f"pixel_head_channels and pixel_head_layers must be >= 1, got {self.pixel_head_channels} "
+                             f"and {self.pixel_head_layers}; e.g. 32 and 3")
 
 
 @register_model("mae")
@@ -63,9 +77,11 @@ class MaskedAutoencoder(ImageModel):
                              persistent=False)
         self.decoder_blocks = self.build_decoder_blocks(cfg)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * cfg.in_chans)
+        self.decoder_pred = build_pixel_head(cfg.pixel_head, cfg.decoder_embed_dim, cfg.patch_size, cfg.in_chans,
+                                             cfg.grid, cfg.pixel_head_channels, cfg.pixel_head_layers,
+                                             cfg.pixel_head_context)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-            module.apply(init_weights)
+            module.apply(init_weights)  # linears and norms only: the conv head's zero-initialized output stays zero
         nn.init.normal_(self.mask_token, std=0.02)
 
     def build_decoder_blocks(self, cfg: MAEConfig) -> nn.ModuleList:
@@ -119,7 +135,10 @@ class MaskedAutoencoder(ImageModel):
         mask = self.resolve_mask(images, mask_ratio, generator, mask)
         ids_keep, ids_restore = mask_ids(mask, hidden)
         visible = gather_tokens(self.encoder.embed(images), ids_keep)  # (B, N_vis, D)
-        return self.encode_visible(visible, mask, ids_keep, ids_restore, return_attention)
+        encoded = self.encode_visible(visible, mask, ids_keep, ids_restore, return_attention)
+        if self.cfg.pixel_head == "conv" and self.cfg.pixel_head_context:
+            encoded.visible_pixels = self.patchify(images).masked_fill(mask[..., None], 0.0)
+        return encoded
 
     def encode_visible(self, visible: torch.Tensor, mask: torch.Tensor, ids_keep: torch.Tensor,
                        ids_restore: torch.Tensor, return_attention: bool = False) -> EncoderOutput:
@@ -136,7 +155,14 @@ class MaskedAutoencoder(ImageModel):
         x = self.decoder_input(encoded)
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.predict_pixels(x, encoded)
+
+    def predict_pixels(self, x: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor:
+        """The last decoder stage: tokens (B, 1 + L, D_dec), class token first -> patches (B, L, p*p*3)."""
+        tokens = self.decoder_norm(x)[:, 1:]
+        if encoded.visible_pixels is not None:
+            return self.decoder_pred(tokens, encoded.visible_pixels, encoded.mask)
+        return self.decoder_pred(tokens)
 
     def loss_target(self, images: torch.Tensor) -> torch.Tensor:
         """Regression target (B, L, p*p*3): pixels, or per-patch normalized pixels with ``norm_pix_loss``."""

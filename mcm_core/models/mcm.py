@@ -16,7 +16,7 @@ blocks (``CrossAttention``, ``ConceptBlock``, ``ConceptDecoderBlock``) live in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -219,8 +219,7 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         for block, context in zip(self.decoder_blocks, self.decoder_context(encoded.concepts)):
             x, probs = block(x, context, return_attention)
             attention.append(probs[:, :, 1:] if return_attention else None)
-        pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
-        return pred, (attention if return_attention else None)
+        return self.predict_pixels(x, encoded), (attention if return_attention else None)
 
     def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
         """Predict every patch from visible tokens and the concept map: -> (B, L, p*p*3)."""
@@ -334,8 +333,7 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         states = torch.full((b, k), -1, dtype=torch.long, device=images.device)
         states.scatter_(1, pick[:, None], target.long())
         flipped = self.apply_edits(encoded.concepts, states)
-        pred = self.forward_decoder(EncoderOutput(encoded.tokens, encoded.mask, encoded.ids_keep,
-                                                  encoded.ids_restore, concepts=flipped))
+        pred = self.forward_decoder(replace(encoded, concepts=flipped, attention=None))
         edited = self.unpatchify(torch.where(encoded.mask[..., None], pred, self.patchify(images)))
         # The judge sees a valid image (values in [0, 1]) while gradients pass as if unclamped (straight-through).
         edited = edited + (edited.clamp(0, 1) - edited).detach()
@@ -355,8 +353,7 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         expected = (encoded.mask.shape[0], self.cfg.num_concepts)
         if tuple(states.shape) != expected:
             raise ValueError(f"counterfactual states must have shape {expected}, got {tuple(states.shape)}")
-        edited = EncoderOutput(encoded.tokens, encoded.mask, encoded.ids_keep, encoded.ids_restore,
-                               concepts=self.apply_edits(encoded.concepts, states))
+        edited = replace(encoded, concepts=self.apply_edits(encoded.concepts, states), attention=None)
         return self.forward_loss(images, self.forward_decoder(edited), encoded.mask)
 
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None,

@@ -61,6 +61,8 @@ class EncoderOutput:
         ids_restore: (B, L) permutation that puts [visible, hidden] back in image order.
         concepts: MCM only: one (B, K, D) concept-token snapshot per encoder layer.
         attention: MCM only, on request: per layer, concept -> visible patch attention (B, heads, K, N_vis).
+        visible_pixels: only for a pixel head that reads them (``pixel_head_context``): the image's patches
+            (B, L, p*p*3) with every hidden patch set to zero.
     """
 
     tokens: torch.Tensor
@@ -69,6 +71,7 @@ class EncoderOutput:
     ids_restore: torch.Tensor
     concepts: list[torch.Tensor] | None = None
     attention: list[torch.Tensor] | None = None
+    visible_pixels: torch.Tensor | None = None
 
 
 @dataclass
