@@ -88,6 +88,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb01_embed3": on_notebook01(patch_embed_lr_scale=3.0),
     "nb01_embed10": on_notebook01(patch_embed_lr_scale=10.0),
     "nb01_d4": on_notebook01(model={"depth": 4}),
+    # The third search (2026-12-07 evening): the step itself. The reference's hidden patches are flat
+    # squares (within 0.7 dB of their per-patch mean colour), so the decoder's last step is changed:
+    # a convolutional pixel head (mcm_core.models.pixel_head) lets edges cross patch borders.
+    "nb01_conv": on_notebook01(model={"pixel_head": "conv"}),
+    "nb01_convctx": on_notebook01(model={"pixel_head": "conv", "pixel_head_context": True, "pixel_head_layers": 4}),
 }
 
 

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +77,35 @@ def test_cpu_step_compare_runs_both_trees(benchmark_script, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["tree"] for r in rows} == {"baseline", "checkout"} and all(r["images_per_s"] > 0 for r in rows)
     assert "| mae | 0.75 |" in compare.table(rows)
+
+
+def test_pixel_ceiling_oracles_and_unet(benchmark_script, tmp_path, capsys):
+    """The oracle predictors bracket what PSNR means; a sharper oracle scores higher; the U-Net row runs."""
+    ceiling = benchmark_script("pixel_ceiling")
+    out = tmp_path / "ceiling.jsonl"
+    ckpt = str(ROOT / "mcm_core" / "assets" / "mcm_tiny_shapes.safetensors")
+    assert ceiling.main(["--oracles", "--checkpoints", ckpt, "--num-images", "32", "--out", str(out)]) == 0
+    rows = {r["predictor"]: r["psnr"] for r in map(json.loads, out.read_text().splitlines())}
+    blurs = [rows[f"true image, blurred sigma {s} px"] for s in ceiling.BLURS]
+    assert blurs == sorted(blurs, reverse=True)  # more blur, lower PSNR
+    assert rows[ckpt] > rows[f"{ckpt}, flat patches"] - 1.0 and 10 < rows[ckpt] < 40
+    assert ceiling.main(["--unet", "--budget-s", "0.5", "--batch-size", "4", "--out", str(out)]) == 0
+    unet = json.loads(out.read_text().splitlines()[-1])
+    assert unet["predictor"] == "inpainting U-Net" and unet["steps"] >= 1 and unet["split"] == "val"
+    with pytest.raises(SystemExit):
+        ceiling.main([])
+
+
+def test_bayes_ceiling_recovers_an_object_on_its_grid(benchmark_script):
+    """An image drawn from a grid candidate is recovered from its visible pixels; the script's rows are sane."""
+    ceiling = benchmark_script("pixel_ceiling")
+    cands = ceiling.candidates(16)
+    index = torch.tensor([int((cands["cx"] == 0.5).nonzero()[5])])  # a centred object, some shape / fill / colour
+    image = ceiling.render_candidates(cands, index)[0]
+    hidden = torch.zeros(32, 32, dtype=torch.bool)
+    hidden[12:16, 12:20] = True  # two patches
+    pred, fewest, kept = ceiling.bayes_prediction(image, hidden, cands, slack=0)
+    assert fewest == 0 and kept >= 1
+    assert torch.allclose(pred[:, hidden], image[:, hidden].float() / 255, atol=1e-6)
+    row = ceiling.bayes_ceiling(2, [0.5], 16, "test", 0)[0]
+    assert 5 < row["psnr"] < 60 and 0 <= row["colour_fidelity"] <= 1 and row["images"] == 2
