@@ -19,7 +19,7 @@ the reference), answered with measurements instead of guesses:
    fidelity is counted as ``mcm_core.evaluate.measures`` counts it. ``--figures DIR`` draws it next to
    a checkpoint's reconstruction on 8 test images per ratio.
 3. ``--unet``: how far does a model built only for inpainting get in the same CPU budget? A plain
-   convolutional U-Net (0.84 M parameters, no concepts, no encoder / decoder split) is trained on the
+   convolutional U-Net (four resolutions, 32 / 16 / 8 / 4 px; 0.84 M parameters, no concepts, no encoder / decoder split) is trained on the
    masked image plus the mask, MSE on hidden pixels, training mask 0.5, for ``--budget-s`` seconds on
    2 threads; measured like (1) on the val split.
 
@@ -224,12 +224,12 @@ def bayes_ceiling(n: int, ratios: list[float], grid_steps: int, split: str, seed
 
 
 def ceiling_figures(checkpoint: str, ratios: list[float], out_dir: Path, grid_steps: int, slack: int,
-                    n: int = 8) -> list[Path]:
-    """Per ratio, a figure of the first ``n`` test images: the input, what is visible, the checkpoint's
+                    split: str = "test", n: int = 8) -> list[Path]:
+    """Per ratio, a figure of the first ``n`` images of ``split``: the input, what is visible, the checkpoint's
     reconstruction and the posterior mean (hidden patches filled, visible ones copied)."""
     from mcm_core.viz import show_masked  # matplotlib only when a figure is asked for
 
-    batch = ShapesDataset("test", size=n, seed=0).batch(range(n))
+    batch = ShapesDataset(split, size=n, seed=0).batch(range(n))
     images_u8 = (batch.images * 255).round().to(torch.uint8)
     noise = mask_noise(n, GRID[0] * GRID[1], torch.Generator().manual_seed(0))
     model, cands, paths = load_checkpoint(checkpoint)[0].eval(), candidates(grid_steps), []
@@ -253,7 +253,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class InpaintingUNet(nn.Module):
-    """A three-level U-Net: (masked image, mask) (N, 4, S, S) -> image (N, 3, S, S)."""
+    """A U-Net over four resolutions (S, S/2, S/4, S/8): (masked image, mask) (N, 4, S, S) -> image (N, 3, S, S)."""
 
     def __init__(self, c: int = 32) -> None:
         super().__init__()
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-steps", type=int, default=128, help="--bayes: centre grid, steps per image side")
     p.add_argument("--slack", type=int, default=2, help="--bayes: extra disagreeing visible pixels allowed")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
-                   help="with --bayes and one checkpoint: figures of 8 test images per --mask-ratios, saved in DIR")
+                   help="with one --checkpoints: figures of 8 images of --split per --mask-ratios, saved in DIR")
     p.add_argument("--unet", action="store_true", help="train and measure the inpainting U-Net")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--budget-s", type=float, default=270.0, help="U-Net training seconds")
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.figures is not None:
         if len(args.checkpoints) != 1:
             p.error("--figures draws one checkpoint's reconstructions: pass exactly one with --checkpoints")
-        for path in ceiling_figures(args.checkpoints[0], args.mask_ratios, args.figures, args.grid_steps, args.slack):
+        for path in ceiling_figures(args.checkpoints[0], args.mask_ratios, args.figures, args.grid_steps, args.slack,
+                                    args.split):
             print(f"saved {path}")
     if args.unet:
         rows += [train_unet(seed, args.budget_s, args.lr, args.batch_size) for seed in args.seeds]

@@ -96,7 +96,16 @@ def test_edits_reach_the_pixels_through_the_conv_head(images):
     ({"pixel_head": "unet"}, "unknown pixel_head"),
     ({"pixel_head": "conv", "pixel_head_layers": 0}, "pixel_head_layers"),
     ({"pixel_head": "conv", "pixel_head_channels": 0}, "pixel_head_channels"),
+    ({"pixel_head_context": True}, "needs pixel_head='conv'"),
 ])
 def test_bad_pixel_head_settings_get_clear_errors(overrides, words):
     with pytest.raises(ValueError, match=words):
         make("mcm", **overrides)
+
+
+def test_context_head_without_visible_pixels_names_the_fix(images):
+    model = make("mcm", pixel_head="conv", pixel_head_context=True).eval()
+    encoded = model.forward_encoder(images, 0.5)
+    encoded.visible_pixels = None  # an encoder output built by hand
+    with pytest.raises(ValueError, match="forward_encoder"):
+        model.forward_decoder(encoded)

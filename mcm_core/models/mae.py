@@ -39,6 +39,8 @@ class MAEConfig(BackboneConfig):
             token) or ``conv`` (that plus a convolutional residual on the pixel grid, so edges can
             cross patch borders; :mod:`mcm_core.models.pixel_head`).
         pixel_head_channels, pixel_head_layers: the conv head's width and number of 3x3 convolutions.
+        pixel_head_context: the conv head also reads the visible pixels (hidden patches zeroed) and the
+            mask, as an inpainting network would (measured: it copies the visible colour and breaks edits).
     """
 
     mask_ratio: float = 0.75
@@ -55,6 +57,9 @@ class MAEConfig(BackboneConfig):
             raise ValueError(f"visible_loss_weight must be >= 0 (0 = hidden patches only), got {self.visible_loss_weight}")
         if self.pixel_head not in PIXEL_HEADS:
             raise ValueError(f"unknown pixel_head {self.pixel_head!r}; choose one of {list(PIXEL_HEADS)}")
+        if self.pixel_head_context and self.pixel_head != "conv":
+            raise ValueError("pixel_head_context=True needs pixel_head='conv' (the linear head reads tokens only); "
+                             "set pixel_head='conv' or drop pixel_head_context")
         if self.pixel_head_channels < 1 or self.pixel_head_layers < 1:
             raise ValueError(f"pixel_head_channels and pixel_head_layers must be >= 1, got {self.pixel_head_channels} "
                              f"and {self.pixel_head_layers}; e.g. 32 and 3")
@@ -136,7 +141,7 @@ class MaskedAutoencoder(ImageModel):
         ids_keep, ids_restore = mask_ids(mask, hidden)
         visible = gather_tokens(self.encoder.embed(images), ids_keep)  # (B, N_vis, D)
         encoded = self.encode_visible(visible, mask, ids_keep, ids_restore, return_attention)
-        if self.cfg.pixel_head == "conv" and self.cfg.pixel_head_context:
+        if self.cfg.pixel_head_context:
             encoded.visible_pixels = self.patchify(images).masked_fill(mask[..., None], 0.0)
         return encoded
 
@@ -160,9 +165,12 @@ class MaskedAutoencoder(ImageModel):
     def predict_pixels(self, x: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor:
         """The last decoder stage: tokens (B, 1 + L, D_dec), class token first -> patches (B, L, p*p*3)."""
         tokens = self.decoder_norm(x)[:, 1:]
-        if encoded.visible_pixels is not None:
-            return self.decoder_pred(tokens, encoded.visible_pixels, encoded.mask)
-        return self.decoder_pred(tokens)
+        if not self.cfg.pixel_head_context:
+            return self.decoder_pred(tokens)
+        if encoded.visible_pixels is None:
+            raise ValueError("this model's pixel head reads the visible pixels, but the encoder output has none; "
+                             "build it with model.forward_encoder(images, ...), which fills visible_pixels")
+        return self.decoder_pred(tokens, encoded.visible_pixels, encoded.mask)
 
     def loss_target(self, images: torch.Tensor) -> torch.Tensor:
         """Regression target (B, L, p*p*3): pixels, or per-patch normalized pixels with ``norm_pix_loss``."""

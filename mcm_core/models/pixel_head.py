@@ -9,10 +9,14 @@ the reference MCM's hidden patches are within 0.7 dB of their own per-patch mean
 :class:`ConvPixelHead` (our choice, beyond the papers; ``pixel_head="conv"``) keeps that linear
 prediction and adds a residual computed on the pixel grid: every token is expanded to ``p x p``
 feature pixels, and a few 3x3 convolutions read them together with the linear prediction, so a
-pixel sees its neighbours across patch borders (receptive field ``2 * layers + 1`` pixels). The
-input is decoder tokens only, never image pixels, so nothing hidden can leak in; edits of the concept
-tokens reach the pixels through the tokens, as before. The last convolution starts at zero: at
-initialization the head is MAE's linear head.
+pixel sees its neighbours across patch borders (the convolutions before the last are dilated 1, 2, 4,
+4, ...: a receptive field of 9 pixels with 3 layers, 17 with 4). It reads decoder tokens only, so
+edits of the concept tokens reach the pixels through the tokens, as before. The last convolution
+starts at zero: at initialization the head is MAE's linear head.
+
+With ``context`` (``pixel_head_context=True``) it also reads the visible pixels and the mask, as an
+inpainting network would. Nothing hidden can leak in: the model passes its patches with every hidden
+patch set to zero, the head zeroes them again from the mask, and the mask is a separate input channel.
 
 Shapes: tokens (B, L, D) in row-major patch order over a ``grid = (gh, gw)``; patch vectors
 (B, L, p*p*C) with pixels ordered (row, col, channel), as ``MaskedAutoencoder.patchify``.
@@ -46,7 +50,8 @@ class ConvPixelHead(nn.Module):
     Args:
         dim: decoder token width D; patch_size: p; in_chans: C (3); grid: (gh, gw) patches.
         channels: feature pixels per token pixel (and the convolutions' width).
-        layers: 3x3 convolutions (>= 1); the receptive field is ``2 * layers + 1`` pixels.
+        layers: 3x3 convolutions (>= 1), dilated 1, 2, 4, 4, ... before the last one.
+        context: also read the visible pixels (B, L, p*p*C) and the mask (B, L) in ``forward``.
     """
 
     def __init__(self, dim: int, patch_size: int, in_chans: int, grid: tuple[int, int],
