@@ -22,7 +22,7 @@ from mcm_core.models.backbone import (
 )
 from mcm_core.models.layers import decoder_input, known_hidden
 from mcm_core.models.outputs import NORM_PIX_PROBLEM, EncoderOutput, ImageModel, ModelOutput
-from mcm_core.models.pixel_head import PIXEL_HEADS, build_pixel_head
+from mcm_core.models.pixel_head import PIXEL_HEADS, build_pixel_head, grid_to_patches, patches_to_grid
 
 
 @dataclass
@@ -96,16 +96,11 @@ class MaskedAutoencoder(ImageModel):
     # ------------------------------------------------------------------ patches
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C), patches in row-major order, pixels (row, col, channel)."""
-        p, (gh, gw) = self.cfg.patch_size, self.cfg.grid
-        b, c = images.shape[:2]
-        x = images.reshape(b, c, gh, p, gw, p)
-        return torch.einsum("bchpwq->bhwpqc", x).reshape(b, gh * gw, p * p * c)
+        return grid_to_patches(images, self.cfg.patch_size, self.cfg.grid)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, L, p*p*C) -> (B, C, H, W); the inverse of ``patchify``."""
-        p, (gh, gw), c = self.cfg.patch_size, self.cfg.grid, self.cfg.in_chans
-        x = patches.reshape(patches.shape[0], gh, gw, p, p, c)
-        return torch.einsum("bhwpqc->bchpwq", x).reshape(patches.shape[0], c, gh * p, gw * p)
+        return patches_to_grid(patches, self.cfg.patch_size, self.cfg.grid, self.cfg.in_chans)
 
     # ------------------------------------------------------------------ masking
     def make_mask(self, images: torch.Tensor, mask_ratio: float | None = None,

@@ -30,14 +30,15 @@ PIXEL_HEADS = ("linear", "conv")
 
 
 def patches_to_grid(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> torch.Tensor:
-    """(B, L, p*p*C) -> (B, C, gh*p, gw*p): patch vectors laid out as an image."""
+    """(B, L, p*p*C) -> (B, C, gh*p, gw*p): patch vectors laid out as an image (``MaskedAutoencoder.unpatchify``
+    for any number of channels)."""
     (gh, gw), p = grid, patch_size
     x = patches.reshape(patches.shape[0], gh, gw, p, p, channels)
     return torch.einsum("bhwpqc->bchpwq", x).reshape(patches.shape[0], channels, gh * p, gw * p)
 
 
 def grid_to_patches(image: torch.Tensor, patch_size: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, C, gh*p, gw*p) -> (B, L, p*p*C); the inverse of :func:`patches_to_grid`."""
+    """(B, C, gh*p, gw*p) -> (B, L, p*p*C); the inverse of :func:`patches_to_grid` (``MaskedAutoencoder.patchify``)."""
     (gh, gw), p = grid, patch_size
     b, c = image.shape[:2]
     x = image.reshape(b, c, gh, p, gw, p)
