@@ -88,11 +88,18 @@ def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(images, (3, 3, 3, 3), mode="replicate"), kernel.expand(3, 1, 7, 7).contiguous(), groups=3)
 
 
+def first_images(split: str, n: int, seed: int = 0) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of ``split``: their ``ShapesBatch``, the images as uint8 (n, 3, S, S), and the
+    per-image mask noise (n, L) that ``nested_mask`` turns into masks (as the measures draw them)."""
+    batch = ShapesDataset(split, size=n, seed=0).batch(range(n))
+    noise = mask_noise(n, GRID[0] * GRID[1], torch.Generator().manual_seed(seed))
+    return batch, (batch.images * 255).round().to(torch.uint8), noise
+
+
 def eval_set(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of ``split`` and their nested mask at 0.5 (as the measures draw it)."""
-    images = ShapesDataset(split, size=n, seed=0).batch(range(n)).images
-    mask = nested_mask(mask_noise(n, GRID[0] * GRID[1], torch.Generator().manual_seed(seed)), 0.5)
-    return images, mask
+    """The first ``n`` images of ``split`` and their nested mask at 0.5."""
+    batch, _, noise = first_images(split, n, seed)
+    return batch.images, nested_mask(noise, 0.5)
 
 
 def oracles(checkpoints: list[str], split: str, n: int, seed: int) -> list[dict[str, Any]]:
@@ -123,16 +130,14 @@ def candidates(grid_steps: int) -> dict[str, torch.Tensor]:
             for fill, p_fill in enumerate(FILL_PROBS):
                 for colour in range(len(COLOUR_NAMES)):
                     for dark in (False, True):
-                        n = cx.numel()
                         p = p_size * p_fill * (P_DARK if dark else 1 - P_DARK) / len(SHAPE_NAMES) / len(COLOUR_NAMES)
                         for key, value in (("shape", shape), ("colour", colour), ("large", large), ("fill", fill),
                                            ("dark", dark)):
-                            rows[key].append(torch.full((n,), value))
+                            rows[key].append(torch.full_like(cx, value, dtype=torch.long))
                         rows["cx"].append(cx)
                         rows["cy"].append(cy)
-                        rows["weight"].append(torch.full((n,), p, dtype=torch.float64))
-    out = {k: torch.cat(v) for k, v in rows.items()}
-    return out
+                        rows["weight"].append(torch.full_like(cx, p, dtype=torch.float64))
+    return {k: torch.cat(v) for k, v in rows.items()}
 
 
 def render_candidates(cands: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
@@ -203,10 +208,7 @@ def colour_fidelity(pred: torch.Tensor, batch: Any, hidden: torch.Tensor) -> flo
 def bayes_ceiling(n: int, ratios: list[float], grid_steps: int, split: str, seed: int,
                   slack: int = 2) -> list[dict[str, Any]]:
     """Hidden-pixel PSNR of the posterior-mean predictor on the first ``n`` images of ``split``, per ratio."""
-    data = ShapesDataset(split, size=n, seed=0)
-    batch = data.batch(range(n))
-    images_u8 = (batch.images * 255).round().to(torch.uint8)
-    noise = mask_noise(n, GRID[0] * GRID[1], torch.Generator().manual_seed(seed))
+    batch, images_u8, noise = first_images(split, n, seed)
     cands = candidates(grid_steps)
     rows = []
     for ratio in ratios:
@@ -229,9 +231,7 @@ def ceiling_figures(checkpoint: str, ratios: list[float], out_dir: Path, grid_st
     reconstruction and the posterior mean (hidden patches filled, visible ones copied)."""
     from mcm_core.viz import show_masked  # matplotlib only when a figure is asked for
 
-    batch = ShapesDataset(split, size=n, seed=0).batch(range(n))
-    images_u8 = (batch.images * 255).round().to(torch.uint8)
-    noise = mask_noise(n, GRID[0] * GRID[1], torch.Generator().manual_seed(0))
+    batch, images_u8, noise = first_images(split, n)
     model, cands, paths = load_checkpoint(checkpoint)[0].eval(), candidates(grid_steps), []
     out_dir.mkdir(parents=True, exist_ok=True)
     for ratio in ratios:
