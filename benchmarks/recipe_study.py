@@ -93,6 +93,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # a convolutional pixel head (mcm_core.models.pixel_head) lets edges cross patch borders.
     "nb01_conv": on_notebook01(model={"pixel_head": "conv"}),
     "nb01_convctx": on_notebook01(model={"pixel_head": "conv", "pixel_head_context": True, "pixel_head_layers": 4}),
+    # The fourth search (2026-12-07, night): the output is not a squared error. The head predicts logits over
+    # the data's pixel colours (pixel_loss="palette", cross-entropy; pixels = the expected colour). Its loss is
+    # about ten times the squared error's, so the concept losses weigh less; cw10 gives them that weight back
+    # (AdamW is invariant to the overall scale, so this equals the cross-entropy x 0.1), cw3 a third of it.
+    "nb01_palette": on_notebook01(model={"pixel_loss": "palette"}),
+    "nb01_palette_cw10": on_notebook01(model={"pixel_loss": "palette", "concept_weight": 10.0,
+                                              "aux_concept_weight": 5.0}),
+    "nb01_palette_cw3": on_notebook01(model={"pixel_loss": "palette", "concept_weight": 3.0,
+                                             "aux_concept_weight": 1.5}),
+    "nb01_palette_d4": on_notebook01(model={"pixel_loss": "palette", "depth": 4}),
 }
 
 

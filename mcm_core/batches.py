@@ -106,6 +106,12 @@ def model_for_data(cfg: TrainConfig, dataset: Dataset) -> nn.Module:
         else:  # one-hot classes: each class is as frequent as 1/K on balanced data
             overrides.setdefault("concept_freq", [1.0 / len(names)] * len(names))
     overrides.setdefault("mask_ratio", cfg.mask_ratio)
+    if overrides.get("pixel_loss") == "palette" and overrides.get("pixel_palette") is None:
+        if not hasattr(dataset, "pixel_palette"):
+            raise ValueError(f"model.pixel_loss='palette' needs the colours pixels take; data set {cfg.dataset!r} "
+                             "does not name them, so give model.pixel_palette (a list of [r, g, b] in [0, 1]) "
+                             "or use model.pixel_loss='mse'")
+        overrides["pixel_palette"] = [list(colour) for colour in dataset.pixel_palette]
     torch.manual_seed(cfg.seed)
     return build_model(cfg.method, cfg.preset, **overrides)
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mcm_core.data.shapes_factors import (
-    COLOUR_NAMES, CONCEPT_NAMES, FILL_NAMES, SHAPE_NAMES, check_object_counts,
+    COLOUR_NAMES, CONCEPT_NAMES, FILL_NAMES, PIXEL_COLOURS_U8, SHAPE_NAMES, check_object_counts,
     concept_frequencies, concepts_from_factors, counterfactual_factors, sample_factors, select,
 )
 from mcm_core.data.shapes_render import (
@@ -133,6 +133,8 @@ class ShapesDataset(Dataset):
         check_object_counts(min_objects, max_objects)
         self.split, self.seed, self.image_size = split, seed, image_size
         self.concept_names: list[str] = list(CONCEPT_NAMES)
+        # Every pixel colour before the texture, in [0, 1] (a model's pixel_palette, pixel_loss="palette").
+        self.pixel_palette: list[list[float]] = [[c / 255 for c in rgb] for rgb in PIXEL_COLOURS_U8]
         gen = torch.Generator().manual_seed(split_seed(seed, split))
         self.factors = sample_factors(size, gen, min_objects=min_objects, max_objects=max_objects)
         self.targets = concepts_from_factors(self.factors)  # (N, K)

@@ -48,6 +48,8 @@ PALETTE_U8: tuple[tuple[int, int, int], ...] = (
     (245, 215, 25),  # yellow
 )
 BACKGROUND_U8: tuple[int, int] = (225, 25)  # (light, dark) grey level
+# Every colour a pixel takes before the background texture: the objects' palette, then the greys.
+PIXEL_COLOURS_U8: tuple[tuple[int, int, int], ...] = (*PALETTE_U8, *((g, g, g) for g in BACKGROUND_U8))
 NOISE_GRID = 32  # the texture is a G x G grid of grey offsets, drawn nearest-neighbour
 NOISE_AMPLITUDE_U8 = 20  # offsets are uniform integers in [-20, 20] (about 0.08)
 

@@ -34,7 +34,7 @@ from torch import Tensor
 from mcm_core.choices import check_mask_ratio
 from mcm_core.evaluate.reconstruction import check_editable, decode_edited
 from mcm_core.masking import mask_noise, nested_mask
-from mcm_core.data.shapes_factors import BACKGROUND_U8, COLOUR_NAMES, CONCEPT_NAMES, PALETTE_U8
+from mcm_core.data.shapes_factors import COLOUR_NAMES, CONCEPT_NAMES, PIXEL_COLOURS_U8
 from mcm_core.evaluate.inputs import check_image_batch, eval_mode, model_device
 
 __all__ = ["CURVE_RATIOS", "PALETTE", "ShapesMeasures", "colour_edit_states", "nearest_palette",
@@ -42,7 +42,7 @@ __all__ = ["CURVE_RATIOS", "PALETTE", "ShapesMeasures", "colour_edit_states", "n
 
 CURVE_RATIOS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 # Rows 0-3: the object colours (COLOUR_NAMES order); rows 4-5: the light and dark background greys.
-PALETTE: Tensor = torch.tensor([*PALETTE_U8, *[(g, g, g) for g in BACKGROUND_U8]], dtype=torch.float32) / 255
+PALETTE: Tensor = torch.tensor(PIXEL_COLOURS_U8, dtype=torch.float32) / 255
 EDITABLE = ("red", "green", "blue")  # colours with a concept of their own; yellow is "none of them"
 
 

@@ -22,7 +22,10 @@ from mcm_core.models.backbone import (
 )
 from mcm_core.models.layers import decoder_input, known_hidden
 from mcm_core.models.outputs import NORM_PIX_PROBLEM, EncoderOutput, ImageModel, ModelOutput
-from mcm_core.models.pixel_head import PIXEL_HEADS, build_pixel_head, grid_to_patches, patches_to_grid
+from mcm_core.models.pixel_head import (
+    PIXEL_HEADS, PIXEL_LOSSES, build_pixel_head, grid_to_patches, palette_cross_entropy, palette_pixels,
+    patches_to_grid,
+)
 
 
 @dataclass
@@ -41,6 +44,13 @@ class MAEConfig(BackboneConfig):
         pixel_head_channels, pixel_head_layers: the conv head's width and number of 3x3 convolutions.
         pixel_head_context: the conv head also reads the visible pixels (hidden patches zeroed) and the
             mask, as an inpainting network would (measured: it copies the visible colour and breaks edits).
+        pixel_loss: (our choice) ``mse`` (MAE's squared error) or ``palette``: the linear head predicts,
+            for every pixel, logits over the colours of ``pixel_palette`` (a colour codebook, as iGPT's
+            9-bit palette), trained with cross-entropy against each target pixel's nearest colour; the
+            predicted pixels are the expected colour under those logits (the squared-error optimum of the
+            model's belief). ``forward_decoder`` still returns pixels.
+        pixel_palette: the K >= 2 colours of ``pixel_loss="palette"``, each ``in_chans`` values in [0, 1]
+            (training fills it from a data set's ``pixel_palette``, e.g. the built-in shapes data's).
     """
 
     mask_ratio: float = 0.75
@@ -50,6 +60,8 @@ class MAEConfig(BackboneConfig):
     pixel_head_channels: int = 32
     pixel_head_layers: int = 3
     pixel_head_context: bool = False
+    pixel_loss: str = "mse"
+    pixel_palette: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,9 +72,26 @@ class MAEConfig(BackboneConfig):
         if self.pixel_head_context and self.pixel_head != "conv":
             raise ValueError("pixel_head_context=True needs pixel_head='conv' (the linear head reads tokens only); "
                              "set pixel_head='conv' or drop pixel_head_context")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"unknown pixel_loss {self.pixel_loss!r}; choose one of {list(PIXEL_LOSSES)}")
+        if self.pixel_loss == "palette":
+            self.check_palette()
         if self.pixel_head_channels < 1 or self.pixel_head_layers < 1:
             raise ValueError(f"pixel_head_channels and pixel_head_layers must be >= 1, got {self.pixel_head_channels} "
                              f"and {self.pixel_head_layers}; e.g. 32 and 3")
+
+    def check_palette(self) -> None:
+        """Raise ValueError unless ``pixel_palette`` suits ``pixel_loss="palette"`` (and the other settings do)."""
+        palette = self.pixel_palette
+        if (not isinstance(palette, (list, tuple)) or len(palette) < 2
+                or any(not isinstance(c, (list, tuple)) or len(c) != self.in_chans for c in palette)
+                or any(not isinstance(v, (int, float)) or not 0 <= v <= 1 for c in palette for v in c)):
+            raise ValueError(f"pixel_loss='palette' needs pixel_palette: at least 2 colours of {self.in_chans} values "
+                             f"in [0, 1] each, e.g. [[0.9, 0.1, 0.1], [0.1, 0.1, 0.1]]; got {palette!r}. Training "
+                             "on the built-in shapes data fills it in; for other data give model.pixel_palette")
+        if self.pixel_head != "linear" or self.norm_pix_loss:
+            raise ValueError("pixel_loss='palette' predicts colours with the linear head on raw pixels: set "
+                             "pixel_head='linear' and norm_pix_loss=False, or use pixel_loss='mse'")
 
 
 @register_model("mae")
@@ -82,12 +111,19 @@ class MaskedAutoencoder(ImageModel):
                              persistent=False)
         self.decoder_blocks = self.build_decoder_blocks(cfg)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = build_pixel_head(cfg.pixel_head, cfg.decoder_embed_dim, cfg.patch_size, cfg.in_chans,
-                                             cfg.grid, cfg.pixel_head_channels, cfg.pixel_head_layers,
-                                             cfg.pixel_head_context)
+        self.decoder_pred = self.build_pixel_head(cfg)
+        palette = torch.tensor(cfg.pixel_palette or [], dtype=torch.float32).reshape(-1, cfg.in_chans)
+        self.register_buffer("palette", palette, persistent=False)  # (K, C); empty with the squared error
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_weights)  # linears and norms only: the conv head's zero-initialized output stays zero
         nn.init.normal_(self.mask_token, std=0.02)
+
+    def build_pixel_head(self, cfg: MAEConfig) -> nn.Module:
+        """The decoder's last step: ``pixel_head`` for pixels, or one linear map to palette logits (p*p*K)."""
+        if cfg.pixel_loss == "palette":
+            return nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * len(cfg.pixel_palette))
+        return build_pixel_head(cfg.pixel_head, cfg.decoder_embed_dim, cfg.patch_size, cfg.in_chans, cfg.grid,
+                                cfg.pixel_head_channels, cfg.pixel_head_layers, cfg.pixel_head_context)
 
     def build_decoder_blocks(self, cfg: MAEConfig) -> nn.ModuleList:
         """Plain self-attention decoder blocks (MCM overrides this)."""
@@ -150,15 +186,22 @@ class MaskedAutoencoder(ImageModel):
         return decoder_input(self.decoder_embed(encoded.tokens), encoded.ids_restore, self.mask_token,
                              self.decoder_pos_embed)
 
-    def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
-        """Predict every patch: -> (B, L, p*p*3)."""
+    def forward_decoder(self, encoded: EncoderOutput, raw: bool = False) -> torch.Tensor:
+        """Predict every patch: -> pixels (B, L, p*p*3), or with ``raw`` the head's output for ``forward_loss``
+        (the same pixels, or palette logits (B, L, p*p*K) with ``pixel_loss="palette"``)."""
         x = self.decoder_input(encoded)
         for block in self.decoder_blocks:
             x = block(x)
-        return self.predict_pixels(x, encoded)
+        out = self.head_output(x, encoded)
+        return out if raw else self.to_pixels(out)
 
-    def predict_pixels(self, x: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor:
-        """The last decoder stage: tokens (B, 1 + L, D_dec), class token first -> patches (B, L, p*p*3)."""
+    def to_pixels(self, out: torch.Tensor) -> torch.Tensor:
+        """The pixel head's output -> pixels (B, L, p*p*3): itself, or the expected palette colour of its logits."""
+        return palette_pixels(out, self.palette) if self.cfg.pixel_loss == "palette" else out
+
+    def head_output(self, x: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor:
+        """The last decoder stage: tokens (B, 1 + L, D_dec), class token first -> patches (B, L, p*p*3), or
+        palette logits (B, L, p*p*K) with ``pixel_loss="palette"``."""
         tokens = self.decoder_norm(x)[:, 1:]
         if not self.cfg.pixel_head_context:
             return self.decoder_pred(tokens)
@@ -177,12 +220,17 @@ class MaskedAutoencoder(ImageModel):
 
     def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """MSE on hidden patches (plus ``visible_loss_weight`` x the visible patches' MSE); on all patches
-        when nothing is hidden (mask ratio 0).
+        when nothing is hidden (mask ratio 0). With ``pixel_loss="palette"``: the same, per pixel the
+        cross-entropy of the palette logits against the target pixel's nearest palette colour.
 
         Args:
-            images: (B, 3, H, W); pred: (B, L, p*p*3); mask: bool (B, L).
+            images: (B, 3, H, W); pred: the head's output ``forward_decoder(encoded, raw=True)``, (B, L, p*p*3)
+                or palette logits (B, L, p*p*K); mask: bool (B, L).
         """
-        per_patch = ((pred - self.loss_target(images)) ** 2).mean(dim=-1)  # (B, L)
+        if self.cfg.pixel_loss == "palette":
+            per_patch = palette_cross_entropy(pred, self.patchify(images), self.palette)  # (B, L)
+        else:
+            per_patch = ((pred - self.loss_target(images)) ** 2).mean(dim=-1)  # (B, L)
         loss = masked_mean(per_patch, mask)
         if self.cfg.visible_loss_weight > 0:
             loss = loss + self.cfg.visible_loss_weight * masked_mean(per_patch, ~mask)
@@ -193,9 +241,9 @@ class MaskedAutoencoder(ImageModel):
                 generator: torch.Generator | None = None) -> ModelOutput:
         """Encode, decode, score. ``concepts`` is accepted for a uniform interface and unused by MAE."""
         encoded = self.forward_encoder(images, mask_ratio, generator, mask)
-        pred = self.forward_decoder(encoded)
-        loss = self.forward_loss(images, pred, encoded.mask)
-        return ModelOutput(loss=loss, losses={"recon": loss.detach()}, pred=pred, mask=encoded.mask)
+        out = self.forward_decoder(encoded, raw=True)
+        loss = self.forward_loss(images, out, encoded.mask)
+        return ModelOutput(loss=loss, losses={"recon": loss.detach()}, pred=self.to_pixels(out), mask=encoded.mask)
 
     # ------------------------------------------------------------------ helpers for analysis
     def composite(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -210,20 +210,22 @@ class MultiLayerConceptMap(MaskedAutoencoder):
             context.append(torch.cat(pair, dim=1) if self.cfg.merge == "concat" else (pair[0] + pair[1]) / 2)
         return context
 
-    def decode(self, encoded: EncoderOutput,
-               return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """-> predictions (B, L, p*p*3) and, on request, per decoder layer patch -> concept attention
-        (B, heads, L, 2K) (or K with ``merge="mean"``)."""
+    def decode(self, encoded: EncoderOutput, return_attention: bool = False,
+               raw: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """-> predictions (B, L, p*p*3) (with ``raw``: the head's output, see ``forward_decoder``) and, on request,
+        per decoder layer patch -> concept attention (B, heads, L, 2K) (or K with ``merge="mean"``)."""
         x = self.decoder_input(encoded)
         attention = []
         for block, context in zip(self.decoder_blocks, self.decoder_context(encoded.concepts)):
             x, probs = block(x, context, return_attention)
             attention.append(probs[:, :, 1:] if return_attention else None)
-        return self.predict_pixels(x, encoded), (attention if return_attention else None)
+        out = self.head_output(x, encoded)
+        return (out if raw else self.to_pixels(out)), (attention if return_attention else None)
 
-    def forward_decoder(self, encoded: EncoderOutput) -> torch.Tensor:
-        """Predict every patch from visible tokens and the concept map: -> (B, L, p*p*3)."""
-        return self.decode(encoded)[0]
+    def forward_decoder(self, encoded: EncoderOutput, raw: bool = False) -> torch.Tensor:
+        """Predict every patch from visible tokens and the concept map: -> (B, L, p*p*3) (``raw``: the head's
+        output for ``forward_loss``, palette logits with ``pixel_loss="palette"``)."""
+        return self.decode(encoded, raw=raw)[0]
 
     # ------------------------------------------------------------------ concepts
     def state_vectors(self) -> torch.Tensor:
@@ -354,7 +356,7 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         if tuple(states.shape) != expected:
             raise ValueError(f"counterfactual states must have shape {expected}, got {tuple(states.shape)}")
         edited = replace(encoded, concepts=self.apply_edits(encoded.concepts, states), attention=None)
-        return self.forward_loss(images, self.forward_decoder(edited), encoded.mask)
+        return self.forward_loss(images, self.forward_decoder(edited, raw=True), encoded.mask)
 
     def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
                 concepts: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -364,8 +366,8 @@ class MultiLayerConceptMap(MaskedAutoencoder):
         plus the counterfactual edit loss when ``counterfactual`` (images (B, 3, H, W), states (B, K)) is given
         and ``counterfactual_weight`` > 0."""
         encoded = self.forward_encoder(images, mask_ratio, generator, mask)
-        pred = self.forward_decoder(encoded)
-        recon = self.forward_loss(images, pred, encoded.mask)
+        out = self.forward_decoder(encoded, raw=True)
+        recon, pred = self.forward_loss(images, out, encoded.mask), self.to_pixels(out)
         layer_logits = self.layer_logits(encoded.concepts)
         loss, losses = recon, {"recon": recon.detach()}
         if concepts is not None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 PIXEL_HEADS = ("linear", "conv")
+PIXEL_LOSSES = ("mse", "palette")
 
 
 def patches_to_grid(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> torch.Tensor:
@@ -106,4 +108,25 @@ def build_pixel_head(kind: str, dim: int, patch_size: int, in_chans: int, grid: 
     raise ValueError(f"unknown pixel_head {kind!r}; choose one of {list(PIXEL_HEADS)}")
 
 
-__all__ = ["PIXEL_HEADS", "ConvPixelHead", "build_pixel_head", "grid_to_patches", "patches_to_grid"]
+def palette_labels(patches: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Nearest palette colour of every pixel: patches (B, L, p*p*C), palette (K, C) -> long (B, L, p*p)."""
+    pixels = patches.float().reshape(*patches.shape[:2], -1, palette.shape[1])  # (B, L, p*p, C)
+    return torch.cdist(pixels.flatten(0, 1), palette.float()[None]).argmin(-1).view(pixels.shape[:3])
+
+
+def palette_pixels(logits: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Expected colour under per-pixel logits: (B, L, p*p*K), palette (K, C) -> patches (B, L, p*p*C)."""
+    probs = logits.float().reshape(*logits.shape[:2], -1, palette.shape[0]).softmax(dim=-1)  # (B, L, p*p, K)
+    return (probs @ palette.float()).reshape(*logits.shape[:2], -1)
+
+
+def palette_cross_entropy(logits: torch.Tensor, patches: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Per-patch mean cross-entropy (nats per pixel) of palette logits (B, L, p*p*K) against the nearest palette
+    colour of the target patches (B, L, p*p*C): -> (B, L)."""
+    labels = palette_labels(patches, palette)  # (B, L, p*p)
+    flat = logits.float().reshape(-1, palette.shape[0])
+    return F.cross_entropy(flat, labels.flatten(), reduction="none").view(labels.shape).mean(dim=-1)
+
+
+__all__ = ["PIXEL_HEADS", "PIXEL_LOSSES", "ConvPixelHead", "build_pixel_head", "grid_to_patches",
+           "palette_cross_entropy", "palette_labels", "palette_pixels", "patches_to_grid"]
