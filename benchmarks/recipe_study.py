@@ -46,7 +46,8 @@ from mcm_core.train import Trainer, fit  # noqa: E402
 TODAY: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "mask_ratio": 0.5, "warmup_steps": 50,
                          "precision": "fp32"}
 
-# Notebook 01's recipe (the reference checkpoint trains the same for 3,500 steps).
+# Notebook 01's recipe of the first three searches (squared error, depth 6); since the fourth search the
+# notebook and the reference checkpoint train nb01_palette_d4 (this plus depth 4 and the palette loss).
 NOTEBOOK01: dict[str, Any] = {"precision": "auto", "lr": 3e-3, "mask_ratio": 0.25, "mask_ratio_max": 0.9,
                               "model": {"counterfactual_weight": 1.0}}
 

@@ -87,6 +87,13 @@ def test_counterfactual_loss_is_a_cross_entropy(images):
     assert 0.5 * math.log(K) < float(loss) < 3 * math.log(K)  # nats per pixel at initialization
 
 
+def test_scoring_pixels_instead_of_logits_names_the_fix(images):
+    model = make("mae")
+    encoded = model.forward_encoder(images, 0.5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="raw=True"):
+        model.forward_loss(images, model.forward_decoder(encoded), encoded.mask)
+
+
 def test_checkpoint_round_trip(tmp_path, images):
     model = make("mcm").eval()
     save_checkpoint(tmp_path / "palette.safetensors", model)

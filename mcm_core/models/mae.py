@@ -228,6 +228,10 @@ class MaskedAutoencoder(ImageModel):
                 or palette logits (B, L, p*p*K); mask: bool (B, L).
         """
         if self.cfg.pixel_loss == "palette":
+            expected = self.cfg.patch_size ** 2 * self.palette.shape[0]
+            if pred.shape[-1] != expected:
+                raise ValueError(f"this model scores palette logits (last dim {expected}), got {pred.shape[-1]} values "
+                                 "per patch; pass forward_decoder(encoded, raw=True), not the pixels")
             per_patch = palette_cross_entropy(pred, self.patchify(images), self.palette)  # (B, L)
         else:
             per_patch = ((pred - self.loss_target(images)) ** 2).mean(dim=-1)  # (B, L)
