@@ -111,19 +111,14 @@ class MaskedAutoencoder(ImageModel):
                              persistent=False)
         self.decoder_blocks = self.build_decoder_blocks(cfg)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = self.build_pixel_head(cfg)
+        per_pixel = len(cfg.pixel_palette) if cfg.pixel_loss == "palette" else cfg.in_chans  # logits or values
+        self.decoder_pred = build_pixel_head(cfg.pixel_head, cfg.decoder_embed_dim, cfg.patch_size, per_pixel, cfg.grid,
+                                             cfg.pixel_head_channels, cfg.pixel_head_layers, cfg.pixel_head_context)
         palette = torch.tensor(cfg.pixel_palette or [], dtype=torch.float32).reshape(-1, cfg.in_chans)
         self.register_buffer("palette", palette, persistent=False)  # (K, C); empty with the squared error
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_weights)  # linears and norms only: the conv head's zero-initialized output stays zero
         nn.init.normal_(self.mask_token, std=0.02)
-
-    def build_pixel_head(self, cfg: MAEConfig) -> nn.Module:
-        """The decoder's last step: ``pixel_head`` for pixels, or one linear map to palette logits (p*p*K)."""
-        if cfg.pixel_loss == "palette":
-            return nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * len(cfg.pixel_palette))
-        return build_pixel_head(cfg.pixel_head, cfg.decoder_embed_dim, cfg.patch_size, cfg.in_chans, cfg.grid,
-                                cfg.pixel_head_channels, cfg.pixel_head_layers, cfg.pixel_head_context)
 
     def build_decoder_blocks(self, cfg: MAEConfig) -> nn.ModuleList:
         """Plain self-attention decoder blocks (MCM overrides this)."""
