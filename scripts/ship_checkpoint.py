@@ -11,10 +11,16 @@ Usage (the command that made the shipped checkpoint is in mcm_core/assets/README
 
     python -m mcm_core train ... --out-dir runs/reference
     python scripts/ship_checkpoint.py runs/reference
+
+Another seed of the same command is measured without shipping it (the targets table of
+docs/results.md reports both seeds):
+
+    python scripts/ship_checkpoint.py runs/reference_seed1 --record docs/data/reference_seed1.json
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shlex
 import sys
@@ -61,7 +67,21 @@ def measures_table(name: str, result: dict) -> list[str]:
     return lines
 
 
-def readme(cfg: dict, metrics: dict, size_mb: float, measured: dict, wall_s: float | None) -> str:
+def curve_table(evaluations: list[dict]) -> list[str]:
+    """Markdown lines of the run's evaluations during training (val split), one row per evaluated step."""
+    rows = [e for e in evaluations if "psnr_05" in e]
+    if not rows:
+        return []
+    lines = ["| step | macro-F1 | PSNR@0.5 (dB) | colour fidelity@0.5 | edit following@0.5 | PSNR@0.9 (dB) "
+             "| colour fidelity@0.9 | edit following@0.9 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['step']:,} | {e['concept_f1']:.3f} | {e['psnr_05']:.2f} | {e['colour_fidelity_05']:.3f} "
+              f"| {e['edit_following_05']:.3f} | {e['psnr_09']:.2f} | {e['colour_fidelity_09']:.3f} "
+              f"| {e['edit_following_09']:.3f} |" for e in rows]
+    return lines
+
+
+def readme(cfg: dict, metrics: dict, size_mb: float, measured: dict, wall_s: float | None,
+           evaluations: list[dict] | None = None) -> str:
     """The assets README: how the reference checkpoint was made and how good it is."""
     lines = [
         "# The reference checkpoint",
@@ -98,13 +118,29 @@ def readme(cfg: dict, metrics: dict, size_mb: float, measured: dict, wall_s: flo
     if recon:
         lines += ["", "Reconstruction of hidden patches: " + ", ".join(f"{k} {v:.4g}" for k, v in recon.items()
                                                                        if isinstance(v, (int, float))) + "."]
+    curve = curve_table(evaluations or [])
+    if curve:
+        lines += ["", "## Learning curve (validation split, evaluated during training)", "",
+                  f"{cfg.get('eval_size', 600)} validation images at every evaluation; test-time masks 0.5 and 0.9.",
+                  "", *curve]
     return "\n".join(lines) + "\n"
+
+
+def record(run: Path, info, measured: dict, wall_s: float | None) -> dict:
+    """What ``--record`` writes: the run's config, its evaluations during training and its test measures."""
+    cfg = info.train.get("config", {})
+    return {"run": run.name, "seed": cfg.get("seed"), "steps": info.train.get("step"), "config": cfg,
+            "train_wall_s": wall_s, "evaluations": info.train.get("evaluations", []),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "test": measured}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished run folder of `python -m mcm_core train`")
     parser.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--record", type=Path, default=None,
+                        help="measure the run on the test split and write this JSON file instead of shipping it")
     args = parser.parse_args(argv)
     model, info = load_checkpoint(args.run / "checkpoint.safetensors")
     cfg = info.train.get("config", {})
@@ -115,13 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     history = info.train.get("history", [])
     wall_s = history[-1].get("elapsed_s") if history else None
     measured = {"float32": test_measures(model)}
+    if args.record:
+        args.record.write_text(json.dumps(record(args.run, info, measured["float32"], wall_s), indent=1) + "\n")
+        print(f"wrote {args.record}")
+        return 0
     train = {"step": info.train["step"], "config": cfg, "metrics": metrics, "command": train_command(cfg),
-             "test_measures": measured["float32"], "train_wall_s": wall_s}
+             "test_measures": measured["float32"], "train_wall_s": wall_s,
+             "evaluations": info.train.get("evaluations", [])}
     path = save_checkpoint(args.out, model, train=train, dtype=torch.float16)
     shipped, _ = load_checkpoint(path)
     measured["float16"] = test_measures(shipped)
     size_mb = path.stat().st_size / 2**20
-    (path.parent / "README.md").write_text(readme(cfg, metrics, size_mb, measured, wall_s))
+    (path.parent / "README.md").write_text(readme(cfg, metrics, size_mb, measured, wall_s,
+                                                      info.train.get("evaluations", [])))
     print(f"wrote {path} ({size_mb:.1f} MB) and {path.parent / 'README.md'}")
     return 0
 
