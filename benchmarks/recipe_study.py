@@ -104,6 +104,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb01_palette_cw3": on_notebook01(model={"pixel_loss": "palette", "concept_weight": 3.0,
                                              "aux_concept_weight": 1.5}),
     "nb01_palette_d4": on_notebook01(model={"pixel_loss": "palette", "depth": 4}),
+    # The fifth search (2026-12-07, late night), on top of nb01_palette_d4 (notebook 01's recipe since the fourth):
+    # the 5,800-step reference showed that images seen is what draws edges, so: more images per second (batch
+    # 128; a 2-block decoder), a higher peak learning rate, and a narrower training mask range (fixed 0.5:
+    # no steps spent at 0.9, where even the best prediction is a blend).
+    **{name: on_notebook01(model={"pixel_loss": "palette", "depth": 4, **model}, **fields) for name, model, fields in (
+        ("pd4_bs128", {}, {"batch_size": 128}),
+        ("pd4_dec2", {"decoder_depth": 2}, {}),
+        ("pd4_lr5e-3", {}, {"lr": 5e-3}),
+        ("pd4_fixed50", {}, {"mask_ratio": 0.5, "mask_ratio_max": 0.0}),
+    )},
 }
 
 
