@@ -106,8 +106,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb01_palette_d4": on_notebook01(model={"pixel_loss": "palette", "depth": 4}),
     # The fifth search (2026-12-07, late night), on top of nb01_palette_d4 (notebook 01's recipe since the fourth):
     # the 5,800-step reference showed that images seen is what draws edges, so: more images per second (batch
-    # 128; a 2-block decoder), a higher peak learning rate, and a narrower training mask range (fixed 0.5:
-    # no steps spent at 0.9, where even the best prediction is a blend).
+    # 128), a higher peak learning rate, and a narrower training mask range (fixed 0.5: no steps spent at 0.9,
+    # where even the best prediction is a blend). pd4_dec2 was meant as a 2-block decoder, but MCM's decoder is
+    # always depth // 2 deep (MCMConfig), so at depth 4 it is nb01_palette_d4 itself: its rows are a replicate
+    # of the base with the 9% more steps that a noisy timing gave it.
     **{name: on_notebook01(model={"pixel_loss": "palette", "depth": 4, **model}, **fields) for name, model, fields in (
         ("pd4_bs128", {}, {"batch_size": 128}),
         ("pd4_dec2", {"decoder_depth": 2}, {}),
