@@ -216,7 +216,9 @@ class Trainer:
         if self.counterfactual:  # this step's images with one concept group changed, rendered on the device
             cf_generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 4))
             extra["counterfactual"] = self.dataset.counterfactuals(self.step_ids.ids(self.step), cf_generator, images.device)
-        explicit = self.device.type == "cpu" and self.use_bf16
+        # Explicit attention on every CPU step: 1.8x with bf16 (Zen 4), 1.15x in float32 on an AVX2 CPU without
+        # native bf16, where the fused flash kernel took 23% of the step (docs/benchmarks.md).
+        explicit = self.device.type == "cpu"
         with autocast, explicit_attention(self.unwrapped, explicit):
             return self.step_fn(images, mask=mask, mask_ratio=ratio, concepts=concepts,
                                 generator=generator, **extra)

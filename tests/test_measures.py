@@ -223,6 +223,25 @@ def test_bf16_cpu_step_matches_float32(tmp_path):
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_training_step_uses_explicit_attention_in_every_precision(tmp_path, precision):
+    """The fused CPU attention kernel is slow at these sequence lengths in bf16 and in float32 alike,
+    so every CPU step runs with explicit attention, and the switch is restored after the step."""
+    cfg = TrainConfig(method="mcm", steps=2, batch_size=8, data={"size": 16}, precision=precision,
+                      device="cpu", progress=False, out_dir=str(tmp_path))
+    trainer = Trainer(cfg)
+    attention = [m for m in trainer.model.modules() if hasattr(m, "fused_attn")]
+    before = [m.fused_attn for m in attention]
+    assert any(before)  # timm's and MCM's attention modules use the fused kernel outside the step
+    seen = []
+    for module in attention:
+        module.register_forward_pre_hook(lambda m, args: seen.append(m.fused_attn))
+    images, targets = next(trainer.batches(1))
+    trainer.train_step(images, targets)
+    assert seen and not any(seen)  # explicit inside the step
+    assert [m.fused_attn for m in attention] == before  # restored after it
+
+
 def test_explicit_attention_computes_the_same_and_restores_the_switch():
     from mcm_core.devices import explicit_attention
 
