@@ -86,8 +86,8 @@ def readme(cfg: dict, metrics: dict, size_mb: float, measured: dict, wall_s: flo
     lines = [
         "# The reference checkpoint",
         "",
-        "`mcm_tiny_shapes.safetensors` is the reference MCM of the workbook: notebook 01's recipe trained "
-        "longer. Notebooks 02 and 03 use it by default (`use_reference=False` switches them to your run), "
+        "`mcm_tiny_shapes.safetensors` is the reference MCM of the workbook: notebook 01's model and losses, "
+        "trained longer (the command below). Notebooks 02 and 03 use it by default (`use_reference=False` switches them to your run), "
         "and fall back to it when notebook 01's run is missing (`mcm_core.workbook.workbook_checkpoint`); "
         "notebook 01 shows it next to your run. Weights only, stored as float16 "
         f"({size_mb:.1f} MB); loading casts them back to float32.",

@@ -14,7 +14,7 @@ from mcm_core.runs import CHECKPOINT_NAME  # what mcm_core.train writes into a r
 
 __all__ = ["SHIPPED_CHECKPOINT", "checkpoint_matches", "workbook_checkpoint"]
 
-# The reference MCM (tiny preset, shapes, notebook 01's recipe trained longer) shipped with the package:
+# The reference MCM (tiny preset, shapes, notebook 01's model and losses trained longer) shipped with the package:
 # notebooks 02 and 03 draw their figures from it by default, and notebook 01 compares its run with it;
 # mcm_core/assets/README.md holds the command that trained it and its measured metrics.
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "mcm_tiny_shapes.safetensors"
