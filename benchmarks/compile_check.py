@@ -100,7 +100,10 @@ def make_trainer(method: str, preset: str, batch_size: int, seed: int, out_dir: 
                       data={"size": 64, "image_size": PRESETS[preset]["img_size"]},
                       steps=100, batch_size=batch_size, seed=seed, device="cpu", precision="fp32", progress=False,
                       out_dir=out_dir)  # float32: compiled and eager losses are compared to 1e-4
-    return Trainer(cfg)
+    trainer = Trainer(cfg)
+    if os.environ.get(CHILD_ENV):  # the GPU's code path: a GPU trainer keeps the fused attention kernel
+        trainer.explicit_attention = False
+    return trainer
 
 
 def losses(trainer, images: torch.Tensor, targets: torch.Tensor, steps: int) -> tuple[list[float], float]:

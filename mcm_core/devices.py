@@ -4,8 +4,8 @@
   CUDA request on a machine without a GPU.
 - :func:`use_bf16` / :func:`cpu_bf16_supported`: whether a run trains under bf16 autocast
   (always on a GPU; on a CPU only where bf16 matrix products are native).
-- :func:`explicit_attention`: plain-matmul attention for bf16 training on a CPU, where the
-  fused kernel is slower.
+- :func:`explicit_attention`: plain-matmul attention for every training step and the colour
+  measures on a CPU, where the fused kernel is slower (in bf16 and in float32).
 
 Used by :class:`mcm_core.train.Trainer`; nothing here depends on the model or the data.
 """
@@ -59,10 +59,11 @@ def explicit_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]
     """Within the block, every attention module of ``model`` computes ``softmax(q k^T / sqrt(d)) v``
     with plain matrix products instead of ``F.scaled_dot_product_attention``; restored after.
 
-    Used for bf16 training on a CPU: at the ``tiny`` preset's sequence lengths (13 to 65 tokens)
-    the CPU's fused flash-attention kernel spends 5x longer in its bf16 backward than the matrix
-    products it replaces, and its MATH fallback adds masking checks (``isneginf``, ``all``,
-    ``where``) on every call (torch.profiler, docs/benchmarks.md). Modules opt in through timm's
+    Used on a CPU (every training step, the colour measures): at the ``tiny`` preset's sequence
+    lengths (13 to 65 tokens) the CPU's fused flash-attention kernel spends 5x longer in its bf16
+    backward than the matrix products it replaces, took 23% of a float32 step on an AVX2 CPU, and
+    its MATH fallback adds masking checks (``isneginf``, ``all``, ``where``) on every call
+    (torch.profiler, docs/benchmarks.md). Modules opt in through timm's
     ``fused_attn`` attribute (timm's ``Attention`` and MCM's ``CrossAttention`` have it).
     """
     modules = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if enabled else []

@@ -101,6 +101,10 @@ class Trainer:
             self.ema = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, self.device)  # AdamW, warm-up + cosine
         self.use_bf16 = use_bf16(cfg.precision, self.device)
+        # softmax(q k^T) v as plain products on every CPU step: 1.8x with bf16 (Zen 4); in float32 on an AVX2 CPU,
+        # where the fused flash kernel took 23% of the step, 1.21x (tiny, depth 6) / 1.15x (notebook 01's recipe)
+        # (docs/benchmarks.md). A GPU keeps the fused kernel.
+        self.explicit_attention = self.device.type == "cpu"
         if world_size > 1:  # gradients averaged across processes in backward
             self.model = distributed.wrap(self.model, self.device)
         self.step_fn = self.model
@@ -216,10 +220,7 @@ class Trainer:
         if self.counterfactual:  # this step's images with one concept group changed, rendered on the device
             cf_generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step * self.world_size + self.rank, 4))
             extra["counterfactual"] = self.dataset.counterfactuals(self.step_ids.ids(self.step), cf_generator, images.device)
-        # Explicit attention on every CPU step: 1.8x with bf16 (Zen 4), 1.15x in float32 on an AVX2 CPU without
-        # native bf16, where the fused flash kernel took 23% of the step (docs/benchmarks.md).
-        explicit = self.device.type == "cpu"
-        with autocast, explicit_attention(self.unwrapped, explicit):
+        with autocast, explicit_attention(self.unwrapped, self.explicit_attention):
             return self.step_fn(images, mask=mask, mask_ratio=ratio, concepts=concepts,
                                 generator=generator, **extra)
 

@@ -26,6 +26,14 @@ def test_the_gpu_path_copy_turns_off_every_cpu_only_check_and_still_imports(chec
     assert done.stdout.strip().startswith(str(package))
 
 
+def test_the_gpu_path_trainer_keeps_the_fused_attention_a_gpu_compiles(check, tmp_path, monkeypatch):
+    """On a CPU every training step uses explicit attention; a GPU's does not, so neither does the GPU path."""
+    monkeypatch.delenv(check.CHILD_ENV, raising=False)
+    assert check.make_trainer("mae", "tiny", 4, 0, str(tmp_path / "cpu")).explicit_attention is True
+    monkeypatch.setenv(check.CHILD_ENV, str(tmp_path))
+    assert check.make_trainer("mae", "tiny", 4, 0, str(tmp_path / "gpu")).explicit_attention is False
+
+
 def test_a_missing_check_pattern_is_an_error_that_says_what_to_update(check, tmp_path):
     source = tmp_path / "src"
     (source / "models").mkdir(parents=True)
