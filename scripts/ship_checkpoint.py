@@ -151,19 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     history = info.train.get("history", [])
     wall_s = history[-1].get("elapsed_s") if history else None
     measured = {"float32": test_measures(model)}
+    evaluations = info.train.get("evaluations", [])  # val measures during training, for the learning curve
     if args.record:
         args.record.write_text(json.dumps(record(args.run, info, measured["float32"], wall_s), indent=1) + "\n")
         print(f"wrote {args.record}")
         return 0
     train = {"step": info.train["step"], "config": cfg, "metrics": metrics, "command": train_command(cfg),
              "test_measures": measured["float32"], "train_wall_s": wall_s,
-             "evaluations": info.train.get("evaluations", [])}
+             "evaluations": evaluations}
     path = save_checkpoint(args.out, model, train=train, dtype=torch.float16)
     shipped, _ = load_checkpoint(path)
     measured["float16"] = test_measures(shipped)
     size_mb = path.stat().st_size / 2**20
-    (path.parent / "README.md").write_text(readme(cfg, metrics, size_mb, measured, wall_s,
-                                                      info.train.get("evaluations", [])))
+    (path.parent / "README.md").write_text(readme(cfg, metrics, size_mb, measured, wall_s, evaluations))
     print(f"wrote {path} ({size_mb:.1f} MB) and {path.parent / 'README.md'}")
     return 0
 
